@@ -1,0 +1,106 @@
+"""YAML profiles -> typed configuration, with dotted overrides from the CLI or flow parameters.
+
+A profile is a YAML file in `configs/` (or any path). It may start with `extends: <profile>` to inherit
+another profile and change only what differs. Overrides are `section.key=value` strings whose values
+are parsed as YAML (`build.n_samples=500`, `source.phantom.size=128`, `train.image.steps=100`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+PACKAGED_PROFILES = Path(__file__).resolve().parent.parent / "configs"
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A profile or override that cannot be turned into a valid configuration."""
+
+
+def profile_path(profile: str | Path) -> Path:
+    """Find a profile: an existing path, else `./configs/<name>.yaml`, else the packaged `configs/`."""
+    candidate = Path(profile)
+    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+        return candidate
+    for folder in (Path.cwd() / "configs", PACKAGED_PROFILES):
+        path = folder / f"{profile}.yaml"
+        if path.is_file():
+            return path
+    known = sorted(p.stem for p in PACKAGED_PROFILES.glob("*.yaml"))
+    raise ConfigError(f"no profile {str(profile)!r}: not a YAML file, and not one of {', '.join(known)}")
+
+
+def read_profile(profile: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The profile's settings as a dict, with `extends` resolved."""
+    path = profile_path(profile)
+    if path in _seen:
+        raise ConfigError(f"profile {path} extends itself (via {' -> '.join(map(str, _seen))})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"profile {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"profile {path} must be a mapping of sections, got {type(data).__name__}")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return deep_merge(read_profile(parent, _seen + (path,)), data)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, merging nested mappings key by key."""
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply `dotted.key=value` overrides (values parsed as YAML)."""
+    data = copy.deepcopy(data)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {override!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {override!r}: value is not valid YAML ({error})") from None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate(model: type[ModelT], data: dict[str, Any], source: str) -> ModelT:
+    """Validate settings against a pydantic model; errors name the setting and the profile."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        lines = [f"invalid configuration ({source}):"]
+        for item in error.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+            lines.append(f"  {where}: {item['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def config_hash(config: BaseModel) -> str:
+    """A stable fingerprint of a configuration (sha256 of its canonical JSON)."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
