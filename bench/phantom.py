@@ -1,0 +1,85 @@
+"""Phantom generation throughput: images per second at several sizes, in one process and in a pool.
+
+    python -m bench.phantom [--sizes 64 128 256] [--n 200] [--workers 1 2] [--repeats 3]
+
+Each run generates `n` phantoms with findings sampled from the default prior (`generate_phantoms`,
+images + 14 anatomy + 7 pathology masks + reports), after one warm-up batch. With workers > 1 the seeds
+are split into contiguous chunks over a process pool (per-sample seeding makes the result identical).
+Reports the median over --repeats runs; also CPU seconds per image of the calling process when
+workers == 1, which is the figure to trust on a shared, loaded machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from aurad_models.phantom import PhantomConfig, generate_phantoms
+
+logger = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).parent / "results" / "phantom.json"
+
+
+def _generate_chunk(seeds: list[int], size: int) -> int:
+    return len(generate_phantoms(seeds, PhantomConfig(size=size)))
+
+
+def phantom_images_per_second(
+    size: int, n: int, workers: int = 1, repeats: int = 3, first_seed: int = 0
+) -> dict[str, float]:
+    """Median images/s (and CPU ms per image for one worker) generating `n` phantoms of `size` px."""
+    config = PhantomConfig(size=size)
+    generate_phantoms(range(first_seed, first_seed + min(n, 4)), config)  # warm-up: imports, caches
+    rates, cpu = [], []
+    for r in range(repeats):
+        seeds = list(range(first_seed + r * n, first_seed + (r + 1) * n))
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        if workers == 1:
+            generate_phantoms(seeds, config)
+            cpu.append((time.process_time() - cpu0) / n * 1000)
+        else:
+            chunks = [list(c) for c in np.array_split(seeds, workers)]
+            with ProcessPoolExecutor(workers) as pool:
+                done = sum(pool.map(_generate_chunk, chunks, [size] * workers))
+            assert done == n
+        rates.append(n / (time.perf_counter() - wall0))
+    out = {"size": size, "n": n, "workers": workers, "images_per_s": statistics.median(rates)}
+    if cpu:
+        out["cpu_ms_per_image"] = statistics.median(cpu)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.phantom", description=__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = [phantom_images_per_second(size, args.n, w, args.repeats) for size in args.sizes for w in args.workers]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    result = {"cpus": os.cpu_count(), "load_average_1min": load, "rows": rows}
+    print(f"{'size':>6} {'workers':>8} {'images/s':>10} {'CPU ms/image':>13} {'1000 images':>12}")
+    for row in rows:
+        cpu = f"{row['cpu_ms_per_image']:.1f}" if "cpu_ms_per_image" in row else "-"
+        per_1000 = 1000 / row["images_per_s"]
+        print(f"{row['size']:>6} {row['workers']:>8} {row['images_per_s']:>10.1f} {cpu:>13} {per_1000:>11.1f}s")
+    print(f"(load average {load:.2f} on {os.cpu_count()} CPUs)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
