@@ -8,8 +8,6 @@ are parsed as YAML (`build.n_samples=500`, `source.phantom.size=128`, `train.ima
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
@@ -98,9 +96,3 @@ def validate(model: type[ModelT], data: dict[str, Any], source: str) -> ModelT:
             where = ".".join(str(p) for p in item["loc"]) or "(top level)"
             lines.append(f"  {where}: {item['msg']}")
         raise ConfigError("\n".join(lines)) from None
-
-
-def config_hash(config: BaseModel) -> str:
-    """A stable fingerprint of a configuration (sha256 of its canonical JSON)."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()

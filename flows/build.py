@@ -1,0 +1,335 @@
+"""The dataset build flow: prompts -> (per shard: anatomy -> masks -> images -> filter -> write) -> gates -> publish.
+
+Run it from the CLI (`aurad build`), from the Prefect UI (deployment `nightly-build` in prefect.yaml), or
+as a plain call: `build_flow(BuildConfig(...), root="aurad-data")`. With the same config and models it
+resumes a build that died (finished shards are reused, none duplicated) and finds a build that is
+already published instead of making it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+from tqdm import tqdm
+
+from aurad_models.experts import ANATOMY_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, resolve_choice
+from aurad_models.findings import Finding
+from aurad_models.hashing import config_hash
+from aurad_models.registry import resolve_model
+from aurad_models.seeding import derive_seed
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_build, open_dataset, stage_version
+from tasks.filtering import ImageStatsReference, image_stats_reference_from_dataset
+from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard_task, resolve_device
+from tasks.prompts import estimate_prior, sample_prompts, tilted_weights
+from tasks.quality import (
+    GateResult,
+    QualityGateFailed,
+    manifest_gate,
+    prompt_gate,
+    raise_on_failure,
+    render_quality_html,
+)
+from tasks.report import render_version_report
+
+MASK_GENERATOR_KIND = "mask-generator"
+IMAGE_GENERATOR_KIND = "image-generator"
+
+
+class BuildResult(BaseModel):
+    """What a build made and where it is."""
+
+    dataset: str
+    version: str
+    build_id: str
+    n_samples: int
+    accepted: int
+    generated_shards: list[int]
+    reused_shards: list[int]
+    quotas: dict[str, Any]
+    report: str
+    already_published: bool = False
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def resolve_models(config: BuildConfig, root: str) -> BuildModels:
+    """Pin every model to an exact registered id / weights file: the build's identity."""
+    mask = resolve_model(root, MASK_GENERATOR_KIND, config.mask_model)
+    image = resolve_model(root, IMAGE_GENERATOR_KIND, config.image_model)
+    enabled = config.filter.enabled()
+    classifier = resolve_choice(config.classifier, PATHOLOGY_CLASSIFIER_KIND, root) if "classifier" in enabled else config.classifier
+    segmenter = resolve_choice(config.segmenter, ANATOMY_SEGMENTER_KIND, root) if "anatomy" in enabled else config.segmenter
+    return BuildModels(
+        registry_root=str(root),
+        mask_model_id=mask.id,
+        mask_model_dir=str(mask.path),
+        image_model_id=image.id,
+        image_model_dir=str(image.path),
+        classifier=classifier,
+        segmenter=segmenter,
+        device=resolve_device(config.device),
+    )
+
+
+def label_targets(config: BuildConfig, prior) -> dict[str, float]:
+    """Per-finding share of prompts the sampler aims at (the tilted prior's marginals)."""
+    combos, p = tilted_weights(prior, config.prompts)
+    return {label: float(sum(w for c, w in zip(combos, p) if label in c)) for label in PATHOLOGIES}
+
+
+def plan_shards(
+    config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int]
+) -> list[ShardPlan]:
+    """Pair every slot with a prompt and an accepted anatomy-bank sample (a seeded permutation, cycled)."""
+    accepted = np.flatnonzero(np.asarray(bank.manifest.column("accepted").to_pylist(), dtype=bool))
+    if accepted.size == 0:
+        raise ValueError(f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy to draw from")
+    rng = np.random.default_rng(derive_seed(config.seed, "anatomy-bank"))
+    rounds = -(-config.n_samples // accepted.size)
+    assignment = np.concatenate([rng.permutation(accepted) for _ in range(rounds)])[: config.n_samples]
+    plans = []
+    for k in shards:
+        start, stop = staged.shard_bounds(k)
+        plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist()))
+    return plans
+
+
+def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion, bank: DatasetVersion) -> str:
+    """Same settings, models and inputs -> same build id (resume); anything else -> a new build."""
+    identity = {
+        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device"}),
+        "mask_model": models.mask_model_id,
+        "image_model": models.image_model_id,
+        "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "segmenter": models.segmenter.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "source": f"{source.name}/{source.version}",
+        "bank": f"{bank.name}/{bank.version}",
+    }
+    return f"build-{config_hash(identity)[:16]}"
+
+
+# --- the generation stage ------------------------------------------------------------------------
+
+
+def _task_runner(config: BuildConfig):
+    if config.task_runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if config.dask_address:
+            return DaskTaskRunner(address=config.dask_address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True})
+    return ThreadPoolTaskRunner(max_workers=config.workers)
+
+
+@flow(name="aurad-generate-shards")
+def generate_shards_flow(
+    staged: StagedVersion,
+    plans: list[ShardPlan],
+    models: BuildModels,
+    reference: ImageStatsReference,
+    config: BuildConfig,
+    root: str,
+    bank_version: str,
+) -> list[ShardReport]:
+    """Fan the shards out over the task runner (threads or a Dask cluster); a progress bar per shard."""
+    futures = [generate_shard_task.submit(staged, plan, models, reference, config, root, bank_version) for plan in plans]
+    reports = []
+    with tqdm(total=sum(len(p.prompts) for p in plans), desc="generate", unit="sample", mininterval=2) as bar:
+        for future in as_completed(futures):
+            report = future.result()
+            reports.append(report)
+            bar.update(report.n_samples)
+    return sorted(reports, key=lambda r: r.shard)
+
+
+# --- the flow ------------------------------------------------------------------------------------
+
+
+@flow(name="aurad-build")
+def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult:
+    """Build and publish one dataset version (see the module docstring)."""
+    logger = get_run_logger()
+    config = params
+    root = config.root
+    started = time.perf_counter()
+
+    # 1. Inputs, each pinned to an exact version.
+    source = open_dataset(root, config.source_dataset, config.source_version)
+    bank = open_dataset(root, config.anatomy_bank, config.anatomy_bank_version)
+    models = resolve_models(config, root)
+    build_id = build_id_of(config, models, source, bank)
+    published = find_published_build(root, config.dataset, build_id)
+    if published is not None:
+        logger.info("this build is already published as %s/%s", config.dataset, published)
+        return _existing_result(root, config.dataset, published, build_id)
+    logger.info("build %s: %d samples of %s from %s, models %s + %s", build_id, config.n_samples, config.dataset,
+                bank.path, models.mask_model_id, models.image_model_id)
+
+    # 2. Prompts, checked before any generation.
+    source_findings = source.to_pandas().query("split == 'train'")["findings"] if "split" in source.manifest.column_names else []
+    prior = estimate_prior([list(f) for f in source_findings])
+    prompts = sample_prompts(config.n_samples, prior, config.prompts, derive_seed(config.seed, "prompts"))
+    targets = label_targets(config, prior)
+    prompts_gate = prompt_gate(prompts, targets, config.quality)
+    raise_on_failure([prompts_gate])
+    reference = image_stats_reference_from_dataset(source, split="train")
+
+    # 3. Generate the shards not finished yet (a resumed build reuses the others).
+    image_size = int(bank.images.shape[-1])
+    spec = ArraySpec(image_size=image_size, pathology_channels=PATHOLOGIES, anatomy_channels=ANATOMY_STRUCTURES)
+    staged = stage_version(root, config.dataset, build_id, config.n_samples, config.shard_size, spec)
+    finished = staged.finished_shards()
+    pending = sorted(set(range(staged.n_shards)) - finished)
+    logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))
+    plans = plan_shards(config, prompts, bank, staged, pending)
+    runner_flow = generate_shards_flow.with_options(task_runner=_task_runner(config))
+    reports = runner_flow(staged, plans, models, reference, config, root, bank.version) if plans else []
+
+    # 4. Dataset-level gates and quotas on the staged manifest; nothing is published if one fails.
+    manifest = staged.read_manifest().to_pandas()
+    gates = [prompts_gate, manifest_gate(manifest, config.quality)]
+    quotas = quota_report(manifest, config)
+    lineage = _lineage(config, models, source, bank, build_id, targets, reports, quotas, started)
+    report_path = _write_quality(staged, gates, manifest, targets, reports, quotas, config)
+    if config.quotas.required and not quotas["met"]:
+        gates.append(GateResult("quotas", False, [f"quota missed: {m}" for m in quotas["missed"]], {}, len(manifest)))
+    try:
+        raise_on_failure(gates)
+    except QualityGateFailed:
+        logger.error("data-quality gates failed; the staged build stays at %s for inspection, nothing is published", staged.path)
+        raise
+
+    # 5. Publish atomically.
+    version = staged.publish(lineage)
+    logger.info("published %s/%s: %d samples, %d accepted (%.0f s)", config.dataset, version, len(manifest),
+                int(manifest["accepted"].sum()), time.perf_counter() - started)
+    return BuildResult(
+        dataset=config.dataset,
+        version=version,
+        build_id=build_id,
+        n_samples=len(manifest),
+        accepted=int(manifest["accepted"].sum()),
+        generated_shards=pending,
+        reused_shards=sorted(finished),
+        quotas=quotas,
+        report=f"{open_dataset(root, config.dataset, version).path}/{report_path}",
+    )
+
+
+def quota_report(manifest, config: BuildConfig) -> dict[str, Any]:
+    """Accepted samples overall and per finding against the quotas."""
+    accepted = manifest[manifest["accepted"]]
+    per_finding = {label: int(accepted["findings"].map(lambda fs: any(f["label"] == label for f in fs)).sum()) for label in PATHOLOGIES}
+    wanted = {"accepted": config.quotas.accepted} if config.quotas.accepted is not None else {}
+    wanted.update({f"finding:{k}": v for k, v in config.quotas.per_finding.items()})
+    produced = {"accepted": len(accepted), **{f"finding:{k}": v for k, v in per_finding.items()}}
+    missed = [f"{k}: {produced.get(k, 0)} of {v}" for k, v in wanted.items() if produced.get(k, 0) < v]
+    return {"wanted": wanted, "produced": produced, "met": not missed, "missed": missed}
+
+
+def _acceptance(manifest) -> dict[str, Any]:
+    verdicts = {}
+    for scores in manifest["scores"]:
+        for key, value in dict(scores).items():
+            if key.startswith("accept."):
+                verdicts.setdefault(key.removeprefix("accept."), []).append(value)
+    return {
+        "n": len(manifest),
+        "accepted": int(manifest["accepted"].sum()),
+        "rate": float(manifest["accepted"].mean()) if len(manifest) else None,
+        "per_expert": {name: float(np.mean(v)) for name, v in verdicts.items()},
+        "tries": manifest["attempt_seeds"].map(len).value_counts().sort_index().to_dict(),
+    }
+
+
+def _write_quality(staged, gates, manifest, targets, reports, quotas, config) -> str:
+    """GE results, a readable gate page, the build report: all inside the version before it is published."""
+    shard_gates = [g for r in reports for g in r.gates]
+    staged.write_file("quality/gates.json", json.dumps([g.to_json() for g in gates], indent=1, default=str))
+    staged.write_file("quality/gates.html", render_quality_html(gates, f"{config.dataset}: data-quality gates"))
+    produced = {label: float(manifest["findings"].map(lambda fs: any(f["label"] == label for f in fs)).mean()) for label in PATHOLOGIES}
+    frequencies = [{"label": k, "target": targets[k], "produced": produced[k]} for k in PATHOLOGIES]
+    acceptance = _acceptance(manifest)
+    staged.write_file("quality/build.json", json.dumps({"frequencies": frequencies, "acceptance": acceptance, "quotas": quotas,
+                                                       "shards": [r.__dict__ for r in reports]}, indent=1, default=str))
+    arrays = staged.arrays()
+    show = np.flatnonzero(manifest["accepted"].to_numpy())[:16]
+    if show.size == 0:
+        show = np.arange(min(16, len(manifest)))
+    from aurad_models.pixels import stored_to_unit
+
+    html = render_version_report(
+        title=f"{config.dataset} (build {staged.build_id})",
+        images=stored_to_unit(np.asarray(arrays["images"].get_orthogonal_selection((show,)))),
+        pathology=np.asarray(arrays["masks"].get_orthogonal_selection((show,))),
+        anatomy=np.asarray(arrays["anatomy"].get_orthogonal_selection((show,))),
+        captions=manifest["prompt"].iloc[show].tolist(),
+        summary={"samples": len(manifest), "accepted": acceptance["accepted"], "acceptance rate": acceptance["rate"],
+                 "quotas met": quotas["met"]},
+        frequencies=frequencies,
+        acceptance=acceptance,
+        gates=[{"gate": g.gate, "success": g.success, "failures": g.failures} for g in gates] + shard_gates,
+    )
+    staged.write_file("quality/report.html", html)
+    return "quality/report.html"
+
+
+def _lineage(config, models, source, bank, build_id, targets, reports, quotas, started) -> dict[str, Any]:
+    from aurad_models.registry import resolve_model as _resolve
+
+    return {
+        "kind": "synthetic",
+        "build_id": build_id,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config_hash(config),
+        "models": {
+            "mask_generator": {"id": models.mask_model_id, "sha256": _resolve(models.registry_root, MASK_GENERATOR_KIND, models.mask_model_id, verify=False).sha256},
+            "image_generator": {"id": models.image_model_id, "sha256": _resolve(models.registry_root, IMAGE_GENERATOR_KIND, models.image_model_id, verify=False).sha256},
+            "classifier": models.classifier.model_dump(mode="json"),
+            "segmenter": models.segmenter.model_dump(mode="json"),
+        },
+        "inputs": {"source": f"{source.name}/{source.version}", "anatomy_bank": f"{bank.name}/{bank.version}"},
+        "code_version": _code_version(),
+        "finding_targets": targets,
+        "quotas": quotas,
+        "stages": {"shards": [{"shard": r.shard, "accepted": r.accepted, "seconds": r.seconds} for r in reports]},
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def _code_version() -> dict[str, str | None]:
+    import subprocess
+    from importlib.metadata import version
+    from pathlib import Path
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"package": version("aurad"), "git_commit": commit}
+
+
+def _existing_result(root: str, dataset: str, version: str, build_id: str) -> BuildResult:
+    ds = open_dataset(root, dataset, version)
+    manifest = ds.to_pandas()
+    return BuildResult(
+        dataset=dataset,
+        version=version,
+        build_id=build_id,
+        n_samples=len(manifest),
+        accepted=int(manifest["accepted"].sum()),
+        generated_shards=[],
+        reused_shards=[],
+        quotas=ds.lineage.get("quotas", {}),
+        report=f"{ds.path}/quality/report.html",
+        already_published=True,
+    )

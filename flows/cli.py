@@ -1,0 +1,267 @@
+"""The `aurad` command line: every flow from a profile with overrides, plus dataset and model listings.
+
+    aurad demo                                  the whole pipeline on the embedded default
+    aurad build -p demo -s build.n_samples=512  one flow with overrides
+    aurad datasets show synthetic@latest        a published version's summary
+
+Heavy imports (Prefect, torch) happen inside the commands so `--help` stays quick.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="AURAD: synthetic chest X-rays with pathology masks, built by Prefect flows.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Published datasets: list them, show one version.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
+console = Console()
+
+ProfileOption = typer.Option("demo", "--profile", "-p", help="a profile name in configs/ or a YAML file")
+SetOption = typer.Option(None, "--set", "-s", help="override a setting: section.key=value (repeatable)")
+RootOption = typer.Option(None, "--root", "-r", help="storage root (default: the profile's storage.root)")
+
+
+def _config(profile: str, overrides: Optional[list[str]], root: Optional[str]):
+    import flows  # noqa: F401  (offline, quiet defaults before Prefect loads)
+    from flows.config import load_config
+    from flows.profiles import ConfigError
+
+    try:
+        return load_config(profile, overrides or [], root)
+    except ConfigError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _run(what: str, call) -> Any:
+    """Run a flow; a known failure prints its message (not a traceback) and exits non-zero."""
+    from storage import StorageError
+    from tasks.quality import QualityGateFailed
+
+    started = time.perf_counter()
+    try:
+        result = call()
+    except QualityGateFailed as error:
+        console.print(f"[red]{what}: {error}[/red]")
+        raise typer.Exit(3) from None
+    except (StorageError, FileNotFoundError, LookupError, ValueError) as error:
+        console.print(f"[red]{what} failed: {error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[green]{what} done[/green] in {time.perf_counter() - started:.0f} s")
+    return result
+
+
+def _show(result: Any) -> None:
+    data = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+    console.print_json(json.dumps(data, default=str))
+
+
+# --- the pipeline --------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    root: Optional[str] = typer.Option(None, "--root", "-r", help="storage root (default: ./aurad-data)"),
+    profile: str = ProfileOption,
+    set_: Optional[list[str]] = SetOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run the whole pipeline on the embedded default: phantom -> experts -> anatomy bank -> generators ->
+    build -> evaluation. Reuses what an earlier run already made."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.pipeline import pipeline_flow
+
+    result = _run("demo", lambda: pipeline_flow(config))
+    console.print(f"dataset:    [bold]{result.dataset_path}[/bold]")
+    console.print(f"report:     [bold]{result.report}[/bold]")
+    if result.evaluation_report:
+        console.print(f"evaluation: [bold]{result.evaluation_report}[/bold]")
+    for line in result.headline:
+        console.print(f"  {line}")
+
+
+@app.command()
+def source(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption,
+           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Generate and publish the phantom source dataset."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.source import phantom_source_flow
+
+    version = _run("source", lambda: phantom_source_flow(config.source))
+    console.print(f"{config.source.dataset}/{version} under {config.storage.root}")
+
+
+@app.command()
+def experts(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption,
+            verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Train the project's expert classifier and anatomy segmenter on the source dataset."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.experts import train_experts_flow
+
+    _show(_run("experts", lambda: train_experts_flow(config.experts)))
+
+
+@app.command("anatomy-bank")
+def anatomy_bank(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption,
+                 verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Segment unlabelled CXRs into the anatomy bank that builds draw from."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.anatomy import anatomy_bank_flow
+
+    _show(_run("anatomy bank", lambda: anatomy_bank_flow(config.anatomy_bank)))
+
+
+@app.command()
+def train(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption,
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Train the mask and image generators on the source dataset."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.train import train_flow
+
+    _show(_run("train", lambda: train_flow(config.train)))
+
+
+@app.command()
+def build(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption,
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Build and publish a synthetic dataset version (resumes a build that died)."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.build import build_flow
+
+    result = _run("build", lambda: build_flow(config.build))
+    _show(result)
+
+
+@app.command()
+def evaluate(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption,
+             verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Retrain downstream models on real vs real+synthetic data and write the evaluation report."""
+    _logging(verbose)
+    config = _config(profile, set_, root)
+    from flows.evaluate import evaluate_flow
+
+    _show(_run("evaluate", lambda: evaluate_flow(config.evaluate)))
+
+
+@app.command("import")
+def import_(
+    adapter: str = typer.Argument(..., help="vindr-cxr, chestx-det, siim-acr, jsrt, nih-chestxray14 or generic"),
+    path: Path = typer.Argument(..., help="the dataset's folder"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="name to publish it as"),
+    image_size: int = typer.Option(256, "--image-size"),
+    root: Optional[str] = RootOption,
+    profile: str = ProfileOption,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Import a real dataset into a versioned source dataset (bad records are quarantined, not fatal)."""
+    _logging(verbose)
+    config = _config(profile, None, root)
+    from flows.sources import ImportSourceParameters, import_source_flow
+
+    params = ImportSourceParameters(adapter=adapter, path=str(path), root=config.storage.root, dataset=dataset, image_size=image_size)
+    _show(_run("import", lambda: import_source_flow(params)))
+
+
+@app.command("config")
+def show_config(profile: str = ProfileOption, set_: Optional[list[str]] = SetOption, root: Optional[str] = RootOption) -> None:
+    """Print the resolved configuration (profile + overrides) as YAML."""
+    import yaml
+
+    config = _config(profile, set_, root)
+    console.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), markup=False)
+
+
+# --- datasets and models -------------------------------------------------------------------------
+
+
+@datasets_app.command("list")
+def datasets_list(root: Optional[str] = RootOption, profile: str = ProfileOption) -> None:
+    """Every published dataset and its versions."""
+    import storage
+
+    root = root or _config(profile, None, None).storage.root
+    try:
+        names = storage.list_datasets(root)
+    except storage.StorageError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    table = Table("dataset", "versions", "latest", "samples", "accepted")
+    for name in names:
+        versions = storage.list_versions(root, name)
+        latest = storage.open_dataset(root, name, versions[-1])
+        summary = latest.summary()
+        table.add_row(name, ", ".join(versions), versions[-1], str(summary["n_samples"]), str(summary["accepted"]))
+    console.print(table if names else f"no published datasets under {root}")
+
+
+@datasets_app.command("show")
+def datasets_show(
+    name: str = typer.Argument(..., help="NAME or NAME@VERSION (default version: latest)"),
+    root: Optional[str] = RootOption,
+    profile: str = ProfileOption,
+) -> None:
+    """One version's summary: counts per finding, acceptance, lineage, and where its report is."""
+    import storage
+
+    root = root or _config(profile, None, None).storage.root
+    dataset, _, version = name.partition("@")
+    try:
+        ds = storage.open_dataset(root, dataset, version or "latest")
+    except storage.StorageError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    summary = ds.summary()
+    console.print(f"[bold]{ds.name}/{ds.version}[/bold]  {ds.path}")
+    table = Table("", "value")
+    for key in ("n_samples", "accepted", "acceptance_rate", "image_size", "splits", "mask_sources", "reject_reasons"):
+        if key in summary:
+            table.add_row(key, str(summary[key]))
+    console.print(table)
+    findings = Table("finding", "accepted samples")
+    for label, count in sorted(summary.get("findings_accepted", {}).items()):
+        findings.add_row(label, str(count))
+    console.print(findings)
+    lineage = ds.lineage
+    keep = {k: lineage[k] for k in ("kind", "build_id", "created", "config_hash", "models", "inputs", "code_version") if k in lineage}
+    console.print_json(json.dumps(keep, default=str))
+    for report in ("quality/report.html", "quality/gates.html", "quality/evaluation/report.html"):
+        path = Path(str(ds.path)) / report
+        if path.exists():
+            console.print(f"report: {path}")
+
+
+@models_app.command("list")
+def models_list(kind: Optional[str] = typer.Argument(None), root: Optional[str] = RootOption, profile: str = ProfileOption) -> None:
+    """Registered models (optionally of one kind), oldest first."""
+    from aurad_models.registry import list_models
+
+    root = root or _config(profile, None, None).storage.root
+    table = Table("kind", "id", "created", "metrics")
+    for record in list_models(root, kind):
+        metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float))}
+        table.add_row(record.kind, record.id, record.created.isoformat(timespec="seconds"), json.dumps(metrics)[:80])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,292 @@
+"""Stages 2-5 for one shard: anatomy from the bank -> masks -> images -> expert filter -> shard write.
+
+A shard is hundreds of samples handled as batches: one task run per shard, never per image. Rejected
+samples are regenerated with a new recorded seed (same prompt, same anatomy), up to `max_tries`; the
+manifest row keeps every try's seed and reject reason. Data-quality gates run on the shard between the
+stages and stop the build when they fail.
+
+Seeds: try t of sample i has seed `derive_seed(build seed, i, "try", t)`; its mask noise comes from
+`derive_seed(seed, "mask")` and its image noise from `derive_seed(seed, "image")`, so any stored sample
+can be regenerated alone (`regenerate_sample`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from prefect import task
+from pydantic import BaseModel, ConfigDict, Field
+
+from aurad_models.experts import ExpertChoice, load_anatomy_expert, load_pathology_expert
+from aurad_models.findings import Finding, render_prompt
+from aurad_models.image_generator import ImageGenerator, ImageSamplingConfig
+from aurad_models.mask_generator import MaskGenerator, MaskSamplingConfig
+from aurad_models.pixels import to_stored
+from aurad_models.seeding import derive_seed
+from storage import StagedVersion, open_dataset
+from tasks.filtering import FilterConfig, FilterExperts, FilterResult, ImageStatsReference, acceptance_report, filter_batch
+from tasks.prompts import PromptSamplerConfig
+from tasks.quality import GateResult, QualityConfig, anatomy_gate, anatomy_stats, image_gate, image_stats, mask_gate, mask_stats
+
+logger = logging.getLogger(__name__)
+
+Prompt = tuple[Finding, ...]
+
+
+class QuotaConfig(BaseModel):
+    """How many accepted samples the build asks for, overall and per finding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accepted: int | None = Field(None, ge=0, description="accepted samples wanted overall")
+    per_finding: dict[str, int] = Field(default_factory=dict, description="accepted samples wanted per finding")
+    required: bool = Field(False, description="fail the build (publish nothing) when a quota is missed")
+
+
+class BuildConfig(BaseModel):
+    """A dataset build: what to make, from which models and anatomy, how to filter and check it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field("aurad-data", description="storage root: datasets and the model registry")
+    dataset: str = "synthetic"
+    n_samples: int = Field(256, ge=1)
+    shard_size: int = Field(64, ge=1)
+    seed: int = 0
+    source_dataset: str = Field("phantom", description="labels for the prompt prior, image statistics reference")
+    source_version: str = "latest"
+    anatomy_bank: str = "anatomy-bank"
+    anatomy_bank_version: str = "latest"
+    mask_model: str = Field("latest", description="registry id of the mask generator, or 'latest'")
+    image_model: str = Field("latest", description="registry id of the image generator, or 'latest'")
+    classifier: ExpertChoice = Field(default_factory=ExpertChoice)
+    segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
+    prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
+    mask_sampling: MaskSamplingConfig = Field(default_factory=MaskSamplingConfig)
+    image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    max_tries: int = Field(3, ge=1, description="tries per sample before it is kept as rejected")
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    task_runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
+    dask_address: str | None = Field(None, description="a Dask scheduler address; None starts a LocalCluster")
+
+
+@dataclass(frozen=True)
+class BuildModels:
+    """The pinned identity of every model a build uses (hashable: a per-process cache key)."""
+
+    registry_root: str
+    mask_model_id: str
+    mask_model_dir: str
+    image_model_id: str
+    image_model_dir: str
+    classifier: ExpertChoice
+    segmenter: ExpertChoice
+    device: str
+
+
+@dataclass
+class LoadedModels:
+    mask_generator: MaskGenerator
+    image_generator: ImageGenerator
+    experts: FilterExperts
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@functools.lru_cache(maxsize=2)
+def load_models(models: BuildModels, filter_enabled: tuple[str, ...]) -> LoadedModels:
+    """Load a build's models once per process; every shard task in the process reuses them."""
+    device = models.device
+    experts = FilterExperts(
+        classifier=load_pathology_expert(models.classifier, models.registry_root) if "classifier" in filter_enabled else None,
+        anatomy=load_anatomy_expert(models.segmenter, models.registry_root) if "anatomy" in filter_enabled else None,
+    )
+    return LoadedModels(
+        mask_generator=MaskGenerator.from_pretrained(models.mask_model_dir, device=device),
+        image_generator=ImageGenerator.from_pretrained(models.image_model_dir, device=device),
+        experts=experts,
+    )
+
+
+@dataclass
+class ShardPlan:
+    """What one shard makes: a prompt and a bank sample per slot (small: it travels to the task)."""
+
+    shard: int
+    start: int
+    prompts: list[Prompt]
+    bank_indices: list[int]
+
+
+@dataclass
+class ShardReport:
+    """What a shard did: counts, tries, per-expert acceptance, gate results, stage timings (seconds)."""
+
+    shard: int
+    n_samples: int
+    accepted: int
+    tries: list[int]
+    acceptance: dict[str, Any]
+    gates: list[dict[str, Any]]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    seeds: list[int] = field(default_factory=list)
+    reasons: list[str | None] = field(default_factory=list)
+    result: FilterResult | None = None
+
+
+def try_seed(build_seed: int, index: int, attempt: int) -> int:
+    return derive_seed(build_seed, index, "try", attempt)
+
+
+def generate_samples(
+    anatomy: np.ndarray, prompts: Sequence[Prompt], seeds: Sequence[int], models: LoadedModels, config: BuildConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Masks then images for a batch of samples; returns (pathology uint8 (N,7,H,W), images float [0,1])."""
+    masks = models.mask_generator.sample(anatomy, prompts, [derive_seed(s, "mask") for s in seeds], config.mask_sampling)
+    images = models.image_generator.sample(anatomy, masks.masks, [derive_seed(s, "image") for s in seeds], config.image_sampling)
+    return masks.masks, images.images
+
+
+def generate_shard(
+    staged: StagedVersion,
+    plan: ShardPlan,
+    models: BuildModels,
+    reference: ImageStatsReference,
+    config: BuildConfig,
+    bank_root: str,
+    bank_version: str,
+) -> ShardReport:
+    """Generate, filter, check and write one shard. Raises `QualityGateFailed` if a gate fails."""
+    from tasks.quality import raise_on_failure
+
+    seconds: dict[str, float] = {}
+    tick = time.perf_counter()
+    loaded = load_models(models, config.filter.enabled())
+    seconds["load_models"] = time.perf_counter() - tick
+    n = len(plan.prompts)
+    gates: list[GateResult] = []
+
+    # 1. Anatomy from the bank, checked before anything is generated.
+    tick = time.perf_counter()
+    bank = open_dataset(bank_root, config.anatomy_bank, bank_version)
+    order = np.argsort(plan.bank_indices)
+    anatomy_sorted = np.asarray(bank.anatomy.get_orthogonal_selection((np.asarray(plan.bank_indices)[order],)))
+    anatomy = np.empty_like(anatomy_sorted)
+    anatomy[order] = anatomy_sorted
+    bank_ids = bank.manifest.column("sample_id").to_pylist()
+    gates.append(anatomy_gate(anatomy_stats(anatomy), config.quality))
+    raise_on_failure(gates)
+    seconds["anatomy"] = time.perf_counter() - tick
+
+    # 2. Masks, images and the filter, retrying rejected samples with new seeds.
+    size = anatomy.shape[-1]
+    pathology = np.zeros((n, 7, size, size), np.uint8)
+    images = np.zeros((n, size, size), np.float32)
+    slots = [_Slot() for _ in range(n)]
+    todo = list(range(n))
+    seconds.update(generate=0.0, filter=0.0)
+    for attempt in range(config.max_tries):
+        seeds = [try_seed(config.seed, plan.start + i, attempt) for i in todo]
+        tick = time.perf_counter()
+        masks_t, images_t = generate_samples(anatomy[todo], [plan.prompts[i] for i in todo], seeds, loaded, config)
+        seconds["generate"] += time.perf_counter() - tick
+        tick = time.perf_counter()
+        results = filter_batch(images_t, anatomy[todo], masks_t, [plan.prompts[i] for i in todo], loaded.experts, config.filter, reference)
+        seconds["filter"] += time.perf_counter() - tick
+        for j, i in enumerate(todo):
+            pathology[i], images[i] = masks_t[j], images_t[j]
+            slots[i].seeds.append(seeds[j])
+            slots[i].reasons.append(results[j].reject_reason)
+            slots[i].result = results[j]
+        todo = [i for i in todo if not slots[i].result.accepted]
+        if not todo:
+            break
+
+    # 3. Gates on what the shard will store.
+    tick = time.perf_counter()
+    gates.append(mask_gate(mask_stats(pathology, anatomy, plan.prompts), config.quality))
+    gates.append(image_gate(image_stats(images), config.quality))
+    shard_gates = [g.to_json() for g in gates]
+    staged.write_file(f"quality/shards/shard-{plan.shard:05d}.json", _json_dumps({"shard": plan.shard, "gates": shard_gates}))
+    raise_on_failure(gates)
+    seconds["gates"] = time.perf_counter() - tick
+
+    # 4. Write the shard: arrays, manifest rows, ledger.
+    tick = time.perf_counter()
+    rows = [
+        _manifest_row(config, plan, i, slots[i], bank_ids[plan.bank_indices[i]], models)
+        for i in range(n)
+    ]
+    staged.write_shard(plan.shard, to_stored(images), pathology, anatomy, rows)
+    seconds["write"] = time.perf_counter() - tick
+    results = [s.result for s in slots]
+    return ShardReport(
+        shard=plan.shard,
+        n_samples=n,
+        accepted=sum(r.accepted for r in results),
+        tries=[len(s.seeds) for s in slots],
+        acceptance=acceptance_report(results, plan.prompts),
+        gates=[{k: g[k] for k in ("gate", "success", "failures", "rows")} for g in shard_gates],
+        seconds=seconds,
+    )
+
+
+def _manifest_row(config: BuildConfig, plan: ShardPlan, i: int, slot: _Slot, bank_id: str, models: BuildModels) -> dict[str, Any]:
+    result = slot.result
+    return {
+        "sample_id": f"{config.dataset}-{plan.start + i:07d}",
+        "split": None,
+        "prompt": render_prompt(plan.prompts[i]),
+        "findings": [f.as_record() for f in plan.prompts[i]],
+        "seed": slot.seeds[-1],
+        "attempt_seeds": list(slot.seeds),
+        "attempt_reject_reasons": list(slot.reasons),
+        "source": bank_id,
+        "mask_source": "generated",
+        "mask_model_id": models.mask_model_id,
+        "image_model_id": models.image_model_id,
+        "scores": {
+            **{k: float(v) for k, v in result.scores.items() if v is not None and np.isfinite(v)},
+            **{f"accept.{expert}": float(ok) for expert, ok in result.verdicts.items()},
+        },
+        "accepted": result.accepted,
+        "reject_reason": result.reject_reason,
+        "metadata": {"tries": str(len(slot.seeds))},
+    }
+
+
+def _json_dumps(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1, default=str)
+
+
+@task(name="generate-shard", tags=["gpu"], retries=0)
+def generate_shard_task(
+    staged: StagedVersion,
+    plan: ShardPlan,
+    models: BuildModels,
+    reference: ImageStatsReference,
+    config: BuildConfig,
+    bank_root: str,
+    bank_version: str,
+) -> ShardReport:
+    return generate_shard(staged, plan, models, reference, config, bank_root, bank_version)
