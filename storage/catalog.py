@@ -1,0 +1,106 @@
+"""The catalog: one small JSON file per published version, `<root>/<dataset>/catalog/<version>.json`.
+
+A version is published exactly when its catalog entry exists. The entry is created last, exclusively,
+after the version's files are complete, so a reader never sees a half-written version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from storage.errors import StorageError
+from storage.layout import CATALOG_DIR, Root, check_name, version_name, version_number
+
+_ENTRY_SUFFIX = ".json"
+
+
+def _root(root: str | Path | Root, storage_options: dict[str, Any] | None = None) -> Root:
+    return root if isinstance(root, Root) else Root(root, storage_options)
+
+
+def published_versions(root: Root, dataset: str) -> list[str]:
+    """Published versions of a dataset, oldest first (by number); empty if none."""
+    names = root.listdir(root.path(dataset, CATALOG_DIR))
+    versions = [n[: -len(_ENTRY_SUFFIX)] for n in names if n.endswith(_ENTRY_SUFFIX)]
+    return sorted((v for v in versions if version_number(v) is not None), key=version_number)
+
+
+def find_published_build(
+    root: str | Path | Root, dataset: str, build_id: str, storage_options: dict[str, Any] | None = None
+) -> str | None:
+    """The published version a build id became, or None: lets a rerun of a finished build find it."""
+    r = _root(root, storage_options)
+    check_name(dataset, "dataset")
+    for version in published_versions(r, dataset):
+        if read_entry(r, dataset, version).get("build_id") == build_id:
+            return version
+    return None
+
+
+def list_datasets(root: str | Path | Root, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Datasets under a root that have at least one published version, sorted by name."""
+    r = _root(root, storage_options)
+    if not r.isdir(r.base):
+        raise StorageError(f"storage root {r.url} does not exist")
+    names = []
+    for name in r.listdir(r.base):
+        try:
+            check_name(name, "dataset")
+        except StorageError:
+            continue
+        if published_versions(r, name):
+            names.append(name)
+    return names
+
+
+def list_versions(
+    root: str | Path | Root, dataset: str, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Published versions of a dataset, oldest first. An unknown dataset is a StorageError listing the known."""
+    r = _root(root, storage_options)
+    check_name(dataset, "dataset")
+    versions = published_versions(r, dataset)
+    if not versions:
+        known = list_datasets(r) if r.isdir(r.base) else []
+        raise StorageError(
+            f"no published dataset {dataset!r} under {r.url}; published datasets: {', '.join(known) or 'none'}"
+        )
+    return versions
+
+
+def resolve_version(root: Root, dataset: str, version: str | int) -> str:
+    """'latest' -> newest published; 'v0002' or 2 -> that version if published; else a clear StorageError."""
+    versions = list_versions(root, dataset)
+    if version == "latest":
+        return versions[-1]
+    if isinstance(version, int) and not isinstance(version, bool):
+        version = version_name(version)
+    check_name(version, "version")
+    if version in versions:
+        return version
+    path = root.path(dataset, version)
+    if root.exists(path):
+        raise StorageError(
+            f"version {version!r} of {dataset!r} at {root.url_of(path)} is not published (half-written, being "
+            f"published, or abandoned); published versions: {', '.join(versions)}"
+        )
+    raise StorageError(f"unknown version {version!r} of {dataset!r}; published versions: {', '.join(versions)}")
+
+
+def next_version_number(root: Root, dataset: str) -> int:
+    """One past the highest version number taken by a catalog entry or a version folder (published or not)."""
+    taken = [version_number(v) for v in published_versions(root, dataset)]
+    taken += [version_number(n) for n in root.listdir(root.path(dataset))]
+    return max((n for n in taken if n is not None), default=0) + 1
+
+
+def create_entry(root: Root, dataset: str, version: str, entry: dict[str, Any]) -> bool:
+    """Create the catalog entry that publishes a version; False if another publisher holds that name."""
+    path = root.path(dataset, CATALOG_DIR, version + _ENTRY_SUFFIX)
+    return root.create_exclusive(path, json.dumps(entry, indent=2, sort_keys=True).encode())
+
+
+def read_entry(root: Root, dataset: str, version: str) -> dict[str, Any]:
+    return json.loads(root.read_bytes(root.path(dataset, CATALOG_DIR, version + _ENTRY_SUFFIX)))

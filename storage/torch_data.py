@@ -1,0 +1,49 @@
+"""A torch Dataset over a published version (imported only when asked for, so torch stays optional)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from aurad_models.pixels import stored_to_unit
+from storage.layout import Root
+
+
+class VersionTorchDataset(Dataset):
+    """Samples of one version as float32 tensors; opens its arrays lazily, once per worker process."""
+
+    def __init__(self, root: Root, dataset: str, version: str, indices: np.ndarray, sample_ids: list[str]) -> None:
+        self.root = root
+        self.dataset = dataset
+        self.version = version
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.sample_ids = list(sample_ids)
+        self._arrays: dict[str, Any] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _open(self) -> dict[str, Any]:
+        if self._arrays is None:
+            from storage.reader import open_version_arrays
+
+            self._arrays = open_version_arrays(self.root, self.root.path(self.dataset, self.version))
+        return self._arrays
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        arrays = self._open()
+        index = int(self.indices[i])
+        image = stored_to_unit(np.asarray(arrays["images"][index]))[None]
+        return {
+            "image": torch.from_numpy(image),
+            "masks": torch.from_numpy(np.asarray(arrays["masks"][index], dtype=np.float32)),
+            "anatomy": torch.from_numpy(np.asarray(arrays["anatomy"][index], dtype=np.float32)),
+            "index": index,
+            "sample_id": self.sample_ids[i],
+        }
