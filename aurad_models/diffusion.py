@@ -1,0 +1,142 @@
+"""Diffusion plumbing shared by the mask and image generators: schedules, samplers, seeds, precision.
+
+Schedulers hold no weights: a generator stores the *training* noise schedule (a `DDPMScheduler` config)
+and builds whichever sampler is asked for from it at sampling time (DDIM or DPM-Solver++), so samplers
+swap without retraining. Randomness is one `torch.Generator` per sample: the initial noise and any
+per-step noise of a sample come from its own seed, so a sample regenerated alone equals the batch one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from aurad_models.seeding import derive_seed, torch_generator
+
+PredictionType = Literal["epsilon", "sample", "v_prediction"]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+SchedulerName = Literal["ddim", "dpm-solver++"]
+MixedPrecision = Literal["no", "bf16", "fp16"]
+
+
+def training_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str) -> DDPMScheduler:
+    """The noise schedule a generator is trained with (and the config its samplers are built from)."""
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type=prediction_type,
+        clip_sample=True,
+        timestep_spacing="trailing",
+    )
+
+
+def sampling_scheduler(name: SchedulerName, training: DDPMScheduler, clip_sample: bool = True):
+    """A fresh sampler of the requested kind over the training schedule ('trailing' spacing: the first
+    step starts from pure noise)."""
+    if name == "ddim":
+        return DDIMScheduler.from_config(training.config, clip_sample=clip_sample, set_alpha_to_one=True, timestep_spacing="trailing")
+    if name == "dpm-solver++":
+        return DPMSolverMultistepScheduler.from_config(
+            training.config, algorithm_type="dpmsolver++", solver_order=2, timestep_spacing="trailing"
+        )
+    raise ValueError(f"unknown scheduler {name!r}; choose 'ddim' or 'dpm-solver++'")
+
+
+def training_target(scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the network is trained to predict for the schedule's prediction type."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"unknown prediction type {kind!r}")
+
+
+def per_sample_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device, salt: int = 0) -> torch.Tensor:
+    """Gaussian noise (len(seeds), *shape), row i drawn only from seed i (salt 0: the initial noise; other
+    salts: further independent draws of the same sample, e.g. one per sampling step)."""
+    generators = [torch_generator(int(seed) if salt == 0 else derive_seed(int(seed), "noise", salt)) for seed in seeds]
+    return randn_tensor((len(seeds), *shape), generator=generators, device=torch.device("cpu")).to(device)
+
+
+def autocast(device: torch.device, mixed_precision: MixedPrecision) -> contextlib.AbstractContextManager:
+    """bf16 / fp16 autocast on CUDA when asked for; full precision everywhere else (never required)."""
+    if device.type == "cuda" and mixed_precision != "no":
+        dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def denoise(
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    scheduler,
+    num_inference_steps: int,
+    seeds: Sequence[int],
+    guidance_scale: float = 1.0,
+    predict_unconditional: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    eta: float = 0.0,
+) -> torch.Tensor:
+    """The sampling loop: `predict(x, t)` is the conditional model output, `predict_unconditional` the
+    null-conditioned one; with guidance_scale != 1 they mix as `u + s * (c - u)` (classifier-free guidance).
+    DDIM's per-step noise (eta > 0) comes from each sample's own seed."""
+    scheduler.set_timesteps(num_inference_steps, device=x.device)
+    x = x * scheduler.init_noise_sigma
+    for step, t in enumerate(scheduler.timesteps):
+        model_input = scheduler.scale_model_input(x, t)
+        output = predict(model_input, t)
+        if guidance_scale != 1.0:
+            if predict_unconditional is None:
+                raise ValueError("guidance_scale != 1 needs an unconditional prediction")
+            unconditional = predict_unconditional(model_input, t)
+            output = unconditional + guidance_scale * (output - unconditional)
+        kwargs = {}
+        if isinstance(scheduler, DDIMScheduler) and eta > 0:
+            kwargs = {"eta": eta, "variance_noise": per_sample_noise(x.shape[1:], seeds, x.device, salt=1 + step)}
+        elif eta > 0:
+            raise ValueError("eta > 0 (stochastic sampling) is only supported with the 'ddim' scheduler")
+        x = scheduler.step(output.float(), t, x, **kwargs).prev_sample
+    return x
+
+
+def as_channel_tensor(
+    array, name: str, channels: int, size: int, device: torch.device, binary: bool = True
+) -> torch.Tensor:
+    """Check a (N, C, H, W) conditioning stack and return it as float32 on `device`.
+
+    Raises naming the argument and what is wrong: dimensions, channel count, size, value range.
+    """
+    tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array))
+    if tensor.ndim != 4:
+        raise ValueError(f"{name} must be (N, {channels}, H, W), got {tuple(tensor.shape)}")
+    if tensor.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels, got {tensor.shape[1]} (shape {tuple(tensor.shape)})")
+    if tuple(tensor.shape[2:]) != (size, size):
+        raise ValueError(
+            f"{name} must be {size}x{size} (the model's size), got {tensor.shape[2]}x{tensor.shape[3]}; "
+            "resize masks with nearest-neighbour first"
+        )
+    tensor = tensor.to(torch.float32)
+    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+        raise ValueError(f"{name} values must lie in [0, 1], got [{tensor.min().item()}, {tensor.max().item()}]")
+    if binary and tensor.numel() and not torch.all((tensor == 0) | (tensor == 1)):
+        raise ValueError(f"{name} must be binary masks (0 / 1)")
+    return tensor.to(device)
+
+
+def unet_blocks(block_out_channels: Sequence[int], attention: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Down / up block types: plain ResNet blocks, self-attention only at the lowest resolution if asked
+    (attention is the expensive part on a CPU)."""
+    n = len(block_out_channels)
+    down = ["DownBlock2D"] * n
+    up = ["UpBlock2D"] * n
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return tuple(down), tuple(up)
