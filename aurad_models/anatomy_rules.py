@@ -107,3 +107,19 @@ def located_zone(mask: np.ndarray, anatomy: np.ndarray) -> str | None:
     counts = {z: int((mask.astype(bool) & zone_mask(anatomy, None, z)).sum()) for z in ZONES}
     best = max(counts, key=counts.get)
     return best if counts[best] > 0 else None
+
+
+def cardiothoracic_ratio(anatomy: np.ndarray) -> float:
+    """Widest horizontal extent of the heart over that of the thorax (the two lung fields' union).
+
+    Above 0.55 the heart is enlarged (cardiomegaly); NaN when the lungs or heart are missing.
+    """
+    anatomy = _check_anatomy(anatomy)
+
+    def width(mask: np.ndarray) -> int:
+        columns = np.flatnonzero(mask.any(axis=0))
+        return int(columns[-1] - columns[0] + 1) if columns.size else 0
+
+    thorax = width(lung_mask(anatomy))
+    heart = width(anatomy[_HEART])
+    return heart / thorax if thorax and heart else float("nan")

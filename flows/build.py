@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from aurad_models.anatomy_rules import cardiothoracic_ratio
 from aurad_models.experts import ANATOMY_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, resolve_choice
 from aurad_models.findings import Finding
 from aurad_models.hashing import config_hash
@@ -89,18 +90,43 @@ def label_targets(config: BuildConfig, prior) -> dict[str, float]:
 def plan_shards(
     config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int]
 ) -> list[ShardPlan]:
-    """Pair every slot with a prompt and an accepted anatomy-bank sample (a seeded permutation, cycled)."""
+    """Pair every slot with a prompt and an accepted anatomy-bank sample that fits it.
+
+    Cardiomegaly is a finding of the anatomy itself (an enlarged heart), so prompts with cardiomegaly draw
+    anatomy whose cardiothoracic ratio exceeds `config.cardiomegaly_ctr`, and the others draw normal hearts.
+    Each pool is a seeded permutation, cycled when the build needs more samples than the pool holds.
+    """
     accepted = np.flatnonzero(np.asarray(bank.manifest.column("accepted").to_pylist(), dtype=bool))
     if accepted.size == 0:
         raise ValueError(f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy to draw from")
-    rng = np.random.default_rng(derive_seed(config.seed, "anatomy-bank"))
-    rounds = -(-config.n_samples // accepted.size)
-    assignment = np.concatenate([rng.permutation(accepted) for _ in range(rounds)])[: config.n_samples]
+    ctr = bank_cardiothoracic_ratios(bank, accepted)
+    pools = {True: accepted[ctr > config.cardiomegaly_ctr], False: accepted[ctr <= config.cardiomegaly_ctr]}
+    wants = np.array([any(f.label == "cardiomegaly" for f in prompt) for prompt in prompts])
+    assignment = np.empty(len(prompts), dtype=np.int64)
+    for enlarged, pool in pools.items():
+        slots = np.flatnonzero(wants == enlarged)
+        if slots.size == 0:
+            continue
+        if pool.size == 0:
+            kind = f"an enlarged heart (CTR > {config.cardiomegaly_ctr})" if enlarged else f"a normal heart (CTR <= {config.cardiomegaly_ctr})"
+            raise ValueError(
+                f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy with {kind} for {slots.size} prompts; "
+                "segment more images into the bank or change the prompt targets"
+            )
+        rng = np.random.default_rng(derive_seed(config.seed, "anatomy-bank", int(enlarged)))
+        rounds = -(-slots.size // pool.size)
+        assignment[slots] = np.concatenate([rng.permutation(pool) for _ in range(rounds)])[: slots.size]
     plans = []
     for k in shards:
         start, stop = staged.shard_bounds(k)
         plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist()))
     return plans
+
+
+def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.ndarray:
+    """Cardiothoracic ratio of each bank sample, from its heart and lung masks."""
+    anatomy = np.asarray(bank.anatomy.get_orthogonal_selection((indices,)))
+    return np.array([cardiothoracic_ratio(a) for a in anatomy])
 
 
 def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion, bank: DatasetVersion) -> str:

@@ -72,6 +72,7 @@ class BuildConfig(BaseModel):
     image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    cardiomegaly_ctr: float = Field(0.55, gt=0, lt=1, description="cardiothoracic ratio above which bank anatomy counts as an enlarged heart")
     max_tries: int = Field(3, ge=1, description="tries per sample before it is kept as rejected")
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")

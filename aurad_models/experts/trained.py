@@ -1,0 +1,308 @@
+"""The project's own experts, trained on the source dataset when pretrained weights are absent (and for the
+embedded default): a MONAI DenseNet multi-label classifier and a MONAI UNet anatomy segmenter.
+
+Both are plain `nn.Module`s whose constructor arguments are their config; they save to and load from a
+directory (`config.json` + `model.safetensors`, plus a MONAI-bundle-like `metadata.json` saying what goes in
+and comes out). Models see pixels in [-1, 1] (`aurad_models.pixels.unit_to_model`) at their training
+resolution; the expert wrappers resize to it and back, so callers pass any (N, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai.networks.nets import DenseNet, UNet
+from torch import nn
+
+from aurad_models.experts.base import batches, check_images01, resize_batch
+from aurad_models.pixels import unit_to_model
+from aurad_models.serialization import load_module, save_module, write_json
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+
+logger = logging.getLogger(__name__)
+
+PATHOLOGY_CLASSIFIER_KIND = "pathology-classifier"
+ANATOMY_SEGMENTER_KIND = "anatomy-segmenter"
+METADATA_NAME = "metadata.json"
+METADATA_VERSION = "1.0.0"
+
+
+def _write_metadata(directory: Path, record: dict[str, Any]) -> None:
+    write_json(directory / METADATA_NAME, {"version": METADATA_VERSION, **record})
+
+
+class PathologyClassifier(nn.Module):
+    """Multi-label finding classifier: MONAI DenseNet, one grey channel in, one logit per label out."""
+
+    def __init__(
+        self,
+        labels: Sequence[str] = PATHOLOGIES,
+        image_size: int = 64,
+        init_features: int = 16,
+        growth_rate: int = 8,
+        block_config: Sequence[int] = (2, 4, 6, 4),
+        bn_size: int = 4,
+        dropout_prob: float = 0.0,
+        operating_points: Sequence[float | None] | None = None,
+    ) -> None:
+        super().__init__()
+        unknown = [label for label in labels if label not in PATHOLOGIES]
+        if unknown:
+            raise ValueError(f"unknown finding labels {unknown}; known: {', '.join(PATHOLOGIES)}")
+        self._config: dict[str, Any] = {
+            "labels": list(labels),
+            "image_size": int(image_size),
+            "init_features": int(init_features),
+            "growth_rate": int(growth_rate),
+            "block_config": [int(b) for b in block_config],
+            "bn_size": int(bn_size),
+            "dropout_prob": float(dropout_prob),
+        }
+        self.labels = tuple(labels)
+        self.set_operating_points(operating_points)
+        self.image_size = int(image_size)
+        self.net = DenseNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=len(self.labels),
+            init_features=init_features,
+            growth_rate=growth_rate,
+            block_config=tuple(block_config),
+            bn_size=bn_size,
+            dropout_prob=dropout_prob,
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def set_operating_points(self, points: Sequence[float | None] | None) -> None:
+        """Per-label probability thresholds chosen on validation data (None: 0.5). The expert rescales its
+        outputs so each operating point maps to 0.5, as torchxrayvision does with its `op_threshs`."""
+        if points is not None:
+            points = [None if p is None else float(p) for p in points]
+            if len(points) != len(self.labels) or any(p is not None and not 0 < p < 1 for p in points):
+                raise ValueError(f"need one operating point in (0, 1) (or None) per label {self.labels}, got {points}")
+        self.operating_points = None if points is None else tuple(points)
+        self._config["operating_points"] = points
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features: ReLU + global average pool of the last dense block, (N, D)."""
+        x = self.net.features(x)
+        for name, layer in self.net.class_layers.named_children():
+            if name == "out":
+                break
+            x = layer(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, len(labels)) for images (N, 1, S, S) in [-1, 1]."""
+        return self.net(x)
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        directory = save_module(self, directory, self.config)
+        _write_metadata(
+            directory,
+            {
+                "intended_use": "expert filter of synthetic CXRs: detect prompted findings, flag absent ones",
+                "inputs": {"image": {"channels": 1, "dtype": "float32", "value_range": [-1, 1],
+                                     "spatial_shape": [self.image_size, self.image_size]}},
+                "outputs": {"logits": {"channels": list(self.labels), "activation": "sigmoid", "multi_label": True}},
+                **(metadata or {}),
+            },
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "PathologyClassifier":
+        return load_module(cls, directory, map_location=map_location)
+
+
+class AnatomySegmenter(nn.Module):
+    """Anatomy segmenter: MONAI UNet, one grey channel in, one sigmoid logit per ChestX-Det structure out
+    (structures overlap, e.g. clavicles over lungs, so this is multi-label, not a softmax)."""
+
+    def __init__(
+        self,
+        structures: Sequence[str] = ANATOMY_STRUCTURES,
+        image_size: int = 64,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] = (2, 2, 2),
+        num_res_units: int = 1,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        unknown = [s for s in structures if s not in ANATOMY_STRUCTURES]
+        if unknown:
+            raise ValueError(f"unknown anatomy structures {unknown}; known: {', '.join(ANATOMY_STRUCTURES)}")
+        if len(strides) != len(channels) - 1:
+            raise ValueError(f"UNet needs one stride fewer than channels, got {list(channels)} / {list(strides)}")
+        self._config = {
+            "structures": list(structures),
+            "image_size": int(image_size),
+            "channels": [int(c) for c in channels],
+            "strides": [int(s) for s in strides],
+            "num_res_units": int(num_res_units),
+            "dropout": float(dropout),
+        }
+        self.structures = tuple(structures)
+        self.image_size = int(image_size)
+        self.net = UNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=len(self.structures),
+            channels=tuple(channels),
+            strides=tuple(strides),
+            num_res_units=num_res_units,
+            dropout=dropout,
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, len(structures), S, S) for images (N, 1, S, S) in [-1, 1]."""
+        return self.net(x)
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        directory = save_module(self, directory, self.config)
+        _write_metadata(
+            directory,
+            {
+                "intended_use": "anatomy masks for the anatomy bank and the expert filter's anatomy check",
+                "inputs": {"image": {"channels": 1, "dtype": "float32", "value_range": [-1, 1],
+                                     "spatial_shape": [self.image_size, self.image_size]}},
+                "outputs": {"logits": {"channels": list(self.structures), "activation": "sigmoid",
+                                       "threshold": 0.5, "multi_label": True}},
+                **(metadata or {}),
+            },
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "AnatomySegmenter":
+        return load_module(cls, directory, map_location=map_location)
+
+
+def operating_point_norm(probs: np.ndarray, points: Sequence[float | None]) -> np.ndarray:
+    """Piecewise-linear rescaling mapping each column's operating point to 0.5 (torchxrayvision's
+    `op_norm`): [0, t] -> [0, 0.5], [t, 1] -> [0.5, 1]. Columns without a point are left as they are."""
+    out = np.array(probs, dtype=np.float32, copy=True)
+    for j, t in enumerate(points):
+        if t is None:
+            continue
+        p = out[:, j]
+        out[:, j] = np.where(p < t, p / (2 * t), 1.0 - (1.0 - p) / (2 * (1.0 - t)))
+    return out
+
+
+def operating_points(probs: np.ndarray, labels: np.ndarray, names: Sequence[str] = PATHOLOGIES) -> dict[str, float | None]:
+    """Per column, the threshold maximising Youden's J (sensitivity + specificity - 1), halfway between
+    neighbouring scores and kept in [0.02, 0.98]; None where a column lacks positives or negatives."""
+    out: dict[str, float | None] = {}
+    for j, name in enumerate(names):
+        p, y = np.asarray(probs[:, j], dtype=np.float64), np.asarray(labels[:, j]).astype(bool)
+        keep = ~np.isnan(p)
+        p, y = p[keep], y[keep]
+        if y.all() or not y.any():
+            out[name] = None
+            continue
+        scores = np.unique(p)[::-1]  # candidate thresholds, high to low
+        tpr = np.array([(p[y] >= t).mean() for t in scores])
+        fpr = np.array([(p[~y] >= t).mean() for t in scores])
+        k = int(np.argmax(tpr - fpr))
+        lower = scores[k + 1] if k + 1 < len(scores) else 0.0
+        out[name] = float(np.clip((scores[k] + lower) / 2, 0.02, 0.98))
+    return out
+
+
+def model_input(images01: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """[0, 1] (N, H, W) -> the project models' input: (N, 1, size, size) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images01, dtype=np.float32))[:, None]
+    return unit_to_model(resize_batch(x, (size, size))).to(device)
+
+
+@dataclass
+class TrainedPathologyExpert:
+    """A project-trained PathologyClassifier as a PathologyExpert (sigmoid probabilities)."""
+
+    model: PathologyClassifier
+    model_id: str | None = None
+    batch_size: int = 64
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    validation_auroc: dict[str, float] | None = None  # per finding, from the registry record
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device).eval()
+
+    @property
+    def name(self) -> str:
+        return f"project:{self.model_id or 'unregistered'}"
+
+    def _run(self, images01: np.ndarray, head: bool) -> np.ndarray:
+        images = check_images01(images01)
+        outputs = []
+        with torch.inference_mode():
+            for part in batches(len(images), self.batch_size):
+                x = model_input(images[part], self.model.image_size, self.device)
+                out = torch.sigmoid(self.model(x)) if head else self.model.features(x)
+                outputs.append(out.float().cpu().numpy())
+        width = len(self.model.labels) if head else 0
+        return np.concatenate(outputs) if outputs else np.zeros((0, width), np.float32)
+
+    def predict(self, images01: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """(N, 7) probabilities; `calibrated`: rescaled so the model's operating points map to 0.5."""
+        probs = self._run(images01, head=True)
+        if calibrated and self.model.operating_points is not None:
+            probs = operating_point_norm(probs, self.model.operating_points)
+        out = np.full((probs.shape[0], len(PATHOLOGIES)), np.nan, dtype=np.float32)
+        for j, label in enumerate(self.model.labels):
+            out[:, PATHOLOGIES.index(label)] = probs[:, j]
+        return out
+
+    def features(self, images01: np.ndarray) -> np.ndarray:
+        return self._run(images01, head=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "project", "model": PATHOLOGY_CLASSIFIER_KIND, "model_id": self.model_id,
+                "validation_auroc": self.validation_auroc}
+
+
+@dataclass
+class TrainedAnatomyExpert:
+    """A project-trained AnatomySegmenter as an AnatomyExpert: logits resized back to the input's
+    resolution, then sigmoid > threshold."""
+
+    model: AnatomySegmenter
+    model_id: str | None = None
+    threshold: float = 0.5
+    batch_size: int = 32
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device).eval()
+
+    @property
+    def name(self) -> str:
+        return f"project:{self.model_id or 'unregistered'}"
+
+    def segment(self, images01: np.ndarray) -> np.ndarray:
+        images = check_images01(images01)
+        n, h, w = images.shape
+        out = np.zeros((n, len(ANATOMY_STRUCTURES), h, w), dtype=np.uint8)
+        channels = [ANATOMY_STRUCTURES.index(s) for s in self.model.structures]
+        with torch.inference_mode():
+            for part in batches(n, self.batch_size):
+                logits = self.model(model_input(images[part], self.model.image_size, self.device)).float().cpu()
+                logits = resize_batch(logits, (h, w))
+                out[part][:, channels] = (torch.sigmoid(logits) > self.threshold).numpy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "project", "model": ANATOMY_SEGMENTER_KIND, "model_id": self.model_id}

@@ -1,0 +1,465 @@
+"""Stage 5, the multi-expert filter: several experts vote on each synthetic sample; every score is kept.
+
+    results = filter_batch(images01, anatomy, pathology, findings, experts, config, reference)
+    results[i].scores        {"classifier.effusion": 0.81, "anatomy_dice.Left Lung": 0.93,
+                              "mask_inside.effusion": 1.0, "mask_pixels.effusion": 212, "image_mean": 0.47, ...}
+    results[i].accepted      True only if every enabled expert accepts
+    results[i].reject_reason "classifier: effusion prompted but not detected (p=0.12 < 0.50); masks: ..."
+
+The experts:
+  classifier   each prompted finding detected (p >= threshold); each absent one not clearly detected
+               (p < absent_threshold); only findings the expert resolves on validation data vote (min_auroc)
+  anatomy      the anatomy re-segmented from the synthetic image agrees with the conditioning anatomy
+               (Dice per structure present in the conditioning >= threshold)
+  masks        each prompted finding's mask is non-empty and lies in its allowed region
+               (`anatomy_rules.allowed_region`); absent findings' masks are empty
+  image_stats  the image's mean and standard deviation lie in the source data's range (`ImageStatsReference`)
+
+Rejected samples are recorded with their reason, never dropped: acceptance is the manifest's business.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from aurad_models.anatomy_rules import allowed_region, inside_fraction
+from aurad_models.experts.base import AnatomyExpert, PathologyExpert, check_images01
+from aurad_models.experts.metrics import dice
+from aurad_models.findings import Finding
+from aurad_models.pixels import stored_to_unit
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+
+logger = logging.getLogger(__name__)
+
+EXPERTS: tuple[str, ...] = ("classifier", "anatomy", "masks", "image_stats")
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+class ClassifierCheck(BaseModel):
+    """Expert (a): the pathology classifier must find the prompted findings and not the absent ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    threshold: float = Field(0.5, gt=0, lt=1, description="detection threshold on the expert's probability")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="per-finding overrides of threshold")
+    check_absent: bool = Field(True, description="also reject when a finding that was not prompted is detected")
+    absent_threshold: float | None = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="probability from which a finding that was not prompted counts as detected (None: the "
+        "detection threshold); higher = fewer real images rejected for a co-occurring finding",
+    )
+    min_auroc: float | None = Field(
+        0.75,
+        ge=0,
+        le=1,
+        description="a finding votes only if the expert's validation AUROC for it reaches this (experts without "
+        "validation AUROC, e.g. torchxrayvision's, vote on every finding); None: every finding votes",
+    )
+
+    @field_validator("thresholds")
+    @classmethod
+    def _known(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(PATHOLOGIES))
+        if unknown:
+            raise ValueError(f"unknown findings {unknown}; known: {', '.join(PATHOLOGIES)}")
+        return value
+
+    def threshold_for(self, label: str) -> float:
+        return self.thresholds.get(label, self.threshold)
+
+    def voting(self, validation_auroc: dict[str, float | None] | None) -> frozenset[str]:
+        """Findings that vote, given the expert's validation AUROC per finding (None: unknown, all vote)."""
+        if self.min_auroc is None or validation_auroc is None:
+            return frozenset(PATHOLOGIES)
+        return frozenset(
+            label for label in PATHOLOGIES
+            if (value := validation_auroc.get(label)) is not None and value == value and value >= self.min_auroc
+        )
+
+
+class AnatomyCheck(BaseModel):
+    """Expert (b): the anatomy segmented from the synthetic image matches the conditioning anatomy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    dice_threshold: float = Field(0.6, ge=0, le=1, description="least Dice per checked structure")
+    structures: tuple[str, ...] | None = Field(
+        ("Left Lung", "Right Lung", "Heart"),
+        description="structures that vote (None = all 14); every structure present in the conditioning "
+        "anatomy is scored, and only present ones vote",
+    )
+    min_pixels: int = Field(4, ge=1, description="a conditioning structure with fewer pixels is not checked")
+
+    @field_validator("structures")
+    @classmethod
+    def _known(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = sorted(set(value or ()) - set(ANATOMY_STRUCTURES))
+        if unknown:
+            raise ValueError(f"unknown anatomy structures {unknown}; known: {', '.join(ANATOMY_STRUCTURES)}")
+        return value
+
+
+class MaskCheck(BaseModel):
+    """Expert (c): pathology masks are where the prompt and the anatomy say they may be."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    inside_threshold: float = Field(0.9, ge=0, le=1, description="least share of a mask inside its allowed region")
+    min_pixels: int = Field(1, ge=1, description="a prompted finding's mask needs at least this many pixels")
+    absent_max_pixels: int = Field(0, ge=0, description="an absent finding's mask may have at most this many pixels")
+
+
+class ImageStatsCheck(BaseModel):
+    """Expert (d): image mean / std inside the source data's range, widened by `margin` of its width."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    margin: float = Field(0.1, ge=0, description="fraction of each reference range's width added on both sides")
+
+
+class FilterConfig(BaseModel):
+    """Which experts vote and their thresholds. A sample is accepted only if every enabled expert accepts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classifier: ClassifierCheck = Field(default_factory=ClassifierCheck)
+    anatomy: AnatomyCheck = Field(default_factory=AnatomyCheck)
+    masks: MaskCheck = Field(default_factory=MaskCheck)
+    image_stats: ImageStatsCheck = Field(default_factory=ImageStatsCheck)
+
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(name for name in EXPERTS if getattr(self, name).enabled)
+
+
+class ImageStatsReference(BaseModel):
+    """Range of per-image mean and standard deviation in the source data (low-high percentiles)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean_range: tuple[float, float]
+    std_range: tuple[float, float]
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    n_images: int = 0
+    source: str = ""
+
+    @classmethod
+    def from_images(
+        cls, images01: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.0), source: str = ""
+    ) -> "ImageStatsReference":
+        images = check_images01(images01)
+        if len(images) == 0:
+            raise ValueError("an image-statistics reference needs at least one image")
+        means, stds = image_statistics(images)
+        lo, hi = percentiles
+        return cls(
+            mean_range=(float(np.percentile(means, lo)), float(np.percentile(means, hi))),
+            std_range=(float(np.percentile(stds, lo)), float(np.percentile(stds, hi))),
+            percentiles=(lo, hi),
+            n_images=len(images),
+            source=source,
+        )
+
+
+def image_statistics(images01: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image mean and standard deviation, (N,) each."""
+    flat = np.asarray(images01, dtype=np.float64).reshape(len(images01), -1)
+    return flat.mean(axis=1), flat.std(axis=1)
+
+
+def image_stats_reference_from_dataset(
+    version: Any,
+    split: str | None = "train",
+    max_images: int | None = 2000,
+    percentiles: tuple[float, float] = (1.0, 99.0),
+    seed: int = 0,
+) -> ImageStatsReference:
+    """The reference from a source dataset version (a `storage.DatasetVersion`): one split, at most
+    `max_images` (an evenly seeded random subset), read one zarr block of indices at a time."""
+    indices = version.select(accepted_only=False, split=split)
+    if len(indices) == 0:
+        raise ValueError(f"{version.path} has no samples in split {split!r} for an image-statistics reference")
+    if max_images is not None and len(indices) > max_images:
+        indices = np.sort(np.random.default_rng(seed).choice(indices, size=max_images, replace=False))
+    images = stored_to_unit(np.asarray(version.images.get_orthogonal_selection((indices, slice(None), slice(None)))))
+    return ImageStatsReference.from_images(
+        images, percentiles, source=f"{version.name}/{version.version} split={split}"
+    )
+
+
+# --- the filter ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FilterExperts:
+    """The loaded model experts (the mask and image-statistics experts need no model)."""
+
+    classifier: PathologyExpert | None = None
+    anatomy: AnatomyExpert | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "classifier": self.classifier.describe() if self.classifier is not None else None,
+            "anatomy": self.anatomy.describe() if self.anatomy is not None else None,
+        }
+
+
+@dataclass
+class FilterResult:
+    """One sample's verdict: every score, the per-expert votes, and a readable reason when rejected."""
+
+    scores: dict[str, float]
+    accepted: bool
+    reject_reason: str | None
+    verdicts: dict[str, bool] = field(default_factory=dict)  # enabled expert -> accepted
+    reasons: dict[str, list[str]] = field(default_factory=dict)  # rejecting expert -> why
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The manifest columns the filter owns."""
+        return {"scores": dict(self.scores), "accepted": self.accepted, "reject_reason": self.reject_reason}
+
+
+def prompted_sides(findings: Sequence[Finding]) -> dict[str, str | None]:
+    """label -> side to check the mask against: the prompted side if all findings of that label agree,
+    else None (either lung)."""
+    sides: dict[str, set[str | None]] = {}
+    for finding in findings:
+        sides.setdefault(finding.label, set()).add(finding.side)
+    return {label: (next(iter(s)) if len(s) == 1 else None) for label, s in sides.items()}
+
+
+def vote_classifier(
+    probs: np.ndarray,
+    prompted: dict[str, str | None],
+    check: ClassifierCheck,
+    scores: dict[str, float],
+    voting: frozenset[str] = frozenset(PATHOLOGIES),
+) -> list[str]:
+    """Expert (a) on one sample's (7,) probabilities: adds `classifier.<finding>` scores, returns the
+    problems (empty = accept). Only `voting` findings can reject; NaN probabilities (finding not predicted
+    by the model) neither pass nor fail."""
+    problems = []
+    for j, label in enumerate(PATHOLOGIES):
+        p = float(probs[j])
+        if np.isnan(p):
+            continue  # the model does not predict this finding: unknown, not absent
+        scores[f"classifier.{label}"] = p
+        if label not in voting:
+            continue
+        threshold = check.threshold_for(label)
+        if label in prompted and p < threshold:
+            problems.append(f"{label} prompted but not detected (p={p:.2f} < {threshold:.2f})")
+        elif label not in prompted and check.check_absent:
+            absent = max(threshold, check.absent_threshold or threshold)
+            if p >= absent:
+                problems.append(f"{label} detected but not prompted (p={p:.2f} >= {absent:.2f})")
+    return problems
+
+
+def vote_anatomy(
+    segmented: np.ndarray, conditioning: np.ndarray, check: AnatomyCheck, scores: dict[str, float]
+) -> list[str]:
+    """Expert (b) on one sample: the Dice of every structure present in the conditioning anatomy is scored
+    (`anatomy_dice.<structure>`); those in `check.structures` vote."""
+    voting = set(check.structures or ANATOMY_STRUCTURES)
+    problems = []
+    for c, name in enumerate(ANATOMY_STRUCTURES):
+        if int(conditioning[c].sum()) < check.min_pixels:
+            continue
+        value = dice(segmented[c], conditioning[c])
+        scores[f"anatomy_dice.{name}"] = value
+        if name in voting and value < check.dice_threshold:
+            problems.append(f"Dice {name} {value:.2f} < {check.dice_threshold:.2f}")
+    return problems
+
+
+def vote_masks(
+    pathology: np.ndarray,
+    anatomy: np.ndarray,
+    prompted: dict[str, str | None],
+    check: MaskCheck,
+    scores: dict[str, float],
+) -> list[str]:
+    """Expert (c) on one sample: `mask_pixels.<finding>` for every channel, `mask_inside.<finding>` (share
+    inside `anatomy_rules.allowed_region`) for prompted ones; prompted masks must be non-empty and inside,
+    absent ones empty."""
+    problems = []
+    for j, label in enumerate(PATHOLOGIES):
+        mask = pathology[j].astype(bool)
+        pixels = int(mask.sum())
+        scores[f"mask_pixels.{label}"] = float(pixels)
+        if label in prompted:
+            if pixels < check.min_pixels:
+                problems.append(f"{label} prompted but its mask is empty ({pixels} px)")
+                continue
+            share = inside_fraction(mask, allowed_region(label, anatomy, prompted[label]))
+            scores[f"mask_inside.{label}"] = share
+            if share < check.inside_threshold:
+                where = f"{prompted[label]} " if prompted[label] else ""
+                problems.append(
+                    f"{label} mask {share:.0%} inside its allowed region ({where}{_REGION_NAMES.get(label, 'lung field')})"
+                    f" < {check.inside_threshold:.0%}"
+                )
+        elif pixels > check.absent_max_pixels:
+            problems.append(f"{label} not prompted but its mask has {pixels} px")
+    return problems
+
+
+_REGION_NAMES = {"effusion": "lower lung field", "cardiomegaly": "heart"}
+
+
+def vote_image_stats(
+    mean: float, std: float, reference: ImageStatsReference, check: ImageStatsCheck, scores: dict[str, float]
+) -> list[str]:
+    """Expert (d): `image_mean` / `image_std` inside the reference ranges, widened by the margin."""
+    scores["image_mean"], scores["image_std"] = mean, std
+    problems = []
+    for what, value, (lo, hi) in (("mean", mean, reference.mean_range), ("std", std, reference.std_range)):
+        pad = check.margin * (hi - lo)
+        if not lo - pad <= value <= hi + pad:
+            problems.append(f"image {what} {value:.3f} outside the source range [{lo - pad:.3f}, {hi + pad:.3f}]")
+    return problems
+
+
+def filter_batch(
+    images01: np.ndarray,
+    anatomy: np.ndarray,
+    pathology: np.ndarray,
+    findings: Sequence[Sequence[Finding]],
+    experts: FilterExperts,
+    config: FilterConfig,
+    reference: ImageStatsReference | None = None,
+) -> list[FilterResult]:
+    """Score a batch with every enabled expert and decide each sample.
+
+    images01 (N, H, W) in [0, 1]; anatomy (N, 14, H, W) the conditioning anatomy; pathology (N, 7, H, W) the
+    generated masks; findings: the prompted findings of each sample. Model experts run once per batch.
+    """
+    # 1. Check inputs: an enabled expert without what it needs is a configuration error, not a pass.
+    images = check_images01(images01)
+    n, h, w = images.shape
+    if anatomy.shape != (n, len(ANATOMY_STRUCTURES), h, w):
+        raise ValueError(f"anatomy must be {(n, len(ANATOMY_STRUCTURES), h, w)}, got {anatomy.shape}")
+    if pathology.shape != (n, len(PATHOLOGIES), h, w):
+        raise ValueError(f"pathology masks must be {(n, len(PATHOLOGIES), h, w)}, got {pathology.shape}")
+    if len(findings) != n:
+        raise ValueError(f"{n} images but findings for {len(findings)} samples")
+    if config.classifier.enabled and experts.classifier is None:
+        raise ValueError("the classifier expert is enabled but no pathology classifier was given")
+    if config.anatomy.enabled and experts.anatomy is None:
+        raise ValueError("the anatomy expert is enabled but no anatomy segmenter was given")
+    if config.image_stats.enabled and reference is None:
+        raise ValueError("the image-statistics expert is enabled but no ImageStatsReference was given")
+
+    # 2. Run the model experts once over the whole batch.
+    probs = experts.classifier.predict(images) if config.classifier.enabled else None
+    voting = frozenset(PATHOLOGIES)
+    if config.classifier.enabled:
+        voting = config.classifier.voting(getattr(experts.classifier, "validation_auroc", None))
+        if voting != frozenset(PATHOLOGIES):
+            silent = [label for label in PATHOLOGIES if label not in voting]
+            logger.info("classifier: %s scored but not voting (validation AUROC < %s)", ", ".join(silent), config.classifier.min_auroc)
+    segmented = experts.anatomy.segment(images) if config.anatomy.enabled else None
+    means, stds = image_statistics(images)
+
+    # 3. Vote per sample.
+    results = []
+    for i in range(n):
+        prompted = prompted_sides(findings[i])
+        scores: dict[str, float] = {}
+        reasons: dict[str, list[str]] = {}
+        if config.classifier.enabled:
+            reasons["classifier"] = vote_classifier(probs[i], prompted, config.classifier, scores, voting)
+        if config.anatomy.enabled:
+            reasons["anatomy"] = vote_anatomy(segmented[i], anatomy[i], config.anatomy, scores)
+        if config.masks.enabled:
+            reasons["masks"] = vote_masks(pathology[i], anatomy[i], prompted, config.masks, scores)
+        if config.image_stats.enabled:
+            reasons["image_stats"] = vote_image_stats(float(means[i]), float(stds[i]), reference, config.image_stats, scores)
+        else:
+            scores["image_mean"], scores["image_std"] = float(means[i]), float(stds[i])
+        verdicts = {name: not problems for name, problems in reasons.items()}
+        rejecting = {name: problems for name, problems in reasons.items() if problems}
+        reason = "; ".join(f"{name}: {', '.join(problems)}" for name, problems in rejecting.items()) or None
+        results.append(FilterResult(scores, not rejecting, reason, verdicts, rejecting))
+    logger.info("filter: %d of %d samples accepted", sum(r.accepted for r in results), n)
+    return results
+
+
+def acceptance_report(results: Sequence[FilterResult], findings: Sequence[Sequence[Finding]]) -> dict[str, Any]:
+    """Acceptance overall, per expert, and per prompted finding (normal studies under 'normal'), plus how
+    often each expert (or combination) rejected."""
+    if len(results) != len(findings):
+        raise ValueError(f"{len(results)} results but findings for {len(findings)} samples")
+
+    def rate(k: int, n: int) -> float | None:
+        return k / n if n else None
+
+    n = len(results)
+    accepted = sum(r.accepted for r in results)
+    per_expert = {}
+    for name in EXPERTS:
+        evaluated = [r for r in results if name in r.verdicts]
+        if evaluated:
+            passed = sum(r.verdicts[name] for r in evaluated)
+            per_expert[name] = {"evaluated": len(evaluated), "passed": passed, "pass_rate": rate(passed, len(evaluated))}
+
+    groups: dict[str, list[FilterResult]] = {}
+    for result, sample_findings in zip(results, findings):
+        labels = {f.label for f in sample_findings} or {"normal"}
+        for label in labels:
+            groups.setdefault(label, []).append(result)
+    per_finding = {}
+    for label in (*PATHOLOGIES, "normal"):
+        group = groups.get(label, [])
+        k = sum(r.accepted for r in group)
+        per_finding[label] = {
+            "samples": len(group),
+            "accepted": k,
+            "acceptance_rate": rate(k, len(group)),
+            "passed_by_expert": {
+                name: sum(r.verdicts.get(name, False) for r in group) for name in per_expert
+            },
+        }
+    rejected_by = Counter(" + ".join(sorted(r.reasons)) for r in results if not r.accepted)
+    return {
+        "samples": n,
+        "accepted": accepted,
+        "acceptance_rate": rate(accepted, n),
+        "per_expert": per_expert,
+        "per_finding": per_finding,
+        "rejected_by": dict(rejected_by.most_common()),
+    }
+
+
+# --- Prefect --------------------------------------------------------------------------------------
+
+
+@task(name="filter-batch", tags=["gpu"], cache_policy=NO_CACHE)
+def filter_batch_task(
+    images01: np.ndarray,
+    anatomy: np.ndarray,
+    pathology: np.ndarray,
+    findings: Sequence[Sequence[Finding]],
+    experts: FilterExperts,
+    config: FilterConfig,
+    reference: ImageStatsReference | None = None,
+) -> list[FilterResult]:
+    """`filter_batch` as a task (tagged gpu: the model experts run on the device). Not cached: its inputs
+    are arrays and loaded models."""
+    return filter_batch(images01, anatomy, pathology, findings, experts, config, reference)
