@@ -37,7 +37,7 @@ from torch import nn
 
 from aurad_models.anatomy_rules import allowed_region
 from aurad_models.findings import Finding
-from aurad_models.image_generator import ImageGenerator, ImageSamplingConfig
+from aurad_models.image_generator import ImageGenerator
 from aurad_models.mask_generator import MaskGenerator
 from aurad_models.prompt_encoder import prior_maps
 from aurad_models.seeding import derive_seed, torch_generator
@@ -200,9 +200,9 @@ def mask_metrics(masks: np.ndarray, prompts: list[tuple[Finding, ...]], anatomy:
 
 def run(profile: str, n_train: int, n_val: int, n_test: int, classifier_seconds: float, seed: int,
         work_dir: Path) -> dict[str, Any]:
-    from flows.train import profile_parameters
+    from flows.config import load_config
 
-    params = profile_parameters(profile)
+    params = load_config(profile).train
     size = params.mask_generator.image_size
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     timings: dict[str, float] = {}

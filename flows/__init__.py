@@ -12,3 +12,8 @@ for _name, _value in {
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# great-expectations announces a temporary docs folder at INFO on every ephemeral context (once per gate).
+import logging  # noqa: E402
+
+logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from prefect import flow, get_run_logger
@@ -28,7 +28,7 @@ from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
 from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_build, open_dataset, stage_version
 from tasks.filtering import ImageStatsReference, image_stats_reference_from_dataset
-from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard_task, resolve_device
+from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard, generate_shard_task, resolve_device
 from tasks.prompts import estimate_prior, sample_prompts, tilted_weights
 from tasks.quality import (
     GateResult,
@@ -180,11 +180,44 @@ def generate_shards_flow(
 # --- the flow ------------------------------------------------------------------------------------
 
 
+def generate_shards_in_loop(
+    staged: StagedVersion,
+    plans: list[ShardPlan],
+    models: BuildModels,
+    reference: ImageStatsReference,
+    config: BuildConfig,
+    root: str,
+    bank_version: str,
+) -> list[ShardReport]:
+    """The same shard stage with no orchestration: a plain loop (the baseline of bench/orchestration.py)."""
+    return [generate_shard(staged, plan, models, reference, config, root, bank_version) for plan in plans]
+
+
+def generate_shards_with_prefect(
+    staged: StagedVersion,
+    plans: list[ShardPlan],
+    models: BuildModels,
+    reference: ImageStatsReference,
+    config: BuildConfig,
+    root: str,
+    bank_version: str,
+) -> list[ShardReport]:
+    """The shard stage as a Prefect subflow on the configured task runner."""
+    runner_flow = generate_shards_flow.with_options(task_runner=_task_runner(config))
+    return runner_flow(staged, plans, models, reference, config, root, bank_version)
+
+
+ShardStage = Callable[[StagedVersion, list[ShardPlan], BuildModels, ImageStatsReference, BuildConfig, str, str], list[ShardReport]]
+
+
 @flow(name="aurad-build")
 def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult:
     """Build and publish one dataset version (see the module docstring)."""
-    logger = get_run_logger()
-    config = params
+    return run_build(params, generate_shards_with_prefect, get_run_logger())
+
+
+def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> BuildResult:
+    """The build's steps, given how to run the shard stage (Prefect fan-out or a plain loop)."""
     root = config.root
     started = time.perf_counter()
 
@@ -217,8 +250,7 @@ def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult:
     pending = sorted(set(range(staged.n_shards)) - finished)
     logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))
     plans = plan_shards(config, prompts, bank, staged, pending)
-    runner_flow = generate_shards_flow.with_options(task_runner=_task_runner(config))
-    reports = runner_flow(staged, plans, models, reference, config, root, bank.version) if plans else []
+    reports = shard_stage(staged, plans, models, reference, config, root, bank.version) if plans else []
 
     # 4. Dataset-level gates and quotas on the staged manifest; nothing is published if one fails.
     manifest = staged.read_manifest().to_pandas()
@@ -314,7 +346,6 @@ def _lineage(config, models, source, bank, build_id, targets, reports, quotas, s
 
     return {
         "kind": "synthetic",
-        "build_id": build_id,
         "config": config.model_dump(mode="json"),
         "config_hash": config_hash(config),
         "models": {

@@ -27,7 +27,7 @@ from aurad_models import metrics
 from aurad_models.vocabulary import PATHOLOGIES
 from aurad_models.experts.loading import ExpertChoice
 from tasks.report import render_evaluation_report
-from tasks.retrain import DetectionConfig, DownstreamConfig, LabelledImages, SegmentationConfig, load_labelled, run_downstream
+from tasks.retrain import DownstreamConfig, LabelledImages, load_labelled, run_downstream
 
 logger = logging.getLogger(__name__)
 
@@ -57,31 +57,6 @@ class EvaluateConfig(DownstreamConfig):
 
     max_test: int | None = Field(None, ge=1, description="cap on real test images scored (None: the whole split)")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
-
-
-def evaluate_preset(profile: str) -> EvaluateConfig:
-    """The `evaluate` section each profile should carry (the defaults are the demo's).
-
-    demo: segmentation only; 5% and 10% of the real training split, alone and with the synthetic samples,
-    plus synthetic only; 2 seeds; a (8, 16, 32) UNet for 300 steps of 16 -> 10 models. Measured (64 px,
-    400 real train / 200 test / 400 synthetic phantoms): 188 core-seconds in all, about 2 minutes of wall
-    time on 2 idle cores (training and augmentation run in parallel processes).
-    quality: segmentation and detection; 5/10/25% real; 3 seeds; a (16, 32, 64) UNet for 1000 steps and
-    the RetinaNet for 800 steps -> 21 models per task. Estimated from measured per-step costs (detector
-    ~0.12 core-s per batch of 8 with its augmentation, 38 core-s per 300-step model) at 40-50 minutes on 2
-    CPU cores; minutes on a GPU. Detection does not fit the demo's budget (~380 core-s for 10 models).
-    """
-    if profile == "demo":
-        return EvaluateConfig()
-    if profile == "quality":
-        return EvaluateConfig(
-            tasks=("segmentation", "detection"),
-            real_fractions=(0.05, 0.10, 0.25),
-            seeds=3,
-            segmentation=SegmentationConfig(channels=(16, 32, 64), strides=(2, 2), steps=1000),
-            detection=DetectionConfig(steps=800),
-        )
-    raise ValueError(f"unknown profile {profile!r}: 'demo' or 'quality'")
 
 
 class EvaluateParameters(BaseModel):

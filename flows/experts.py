@@ -19,7 +19,6 @@ from tasks.experts import (
     SourceRef,
     train_classifier_task,
     train_segmenter_task,
-    training_preset,
 )
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ class TrainExpertsParameters(BaseModel):
     dataset: str = Field("phantom", description="source dataset name")
     version: str = Field("latest", description="source dataset version")
     training: ExpertsTrainingConfig = Field(
-        default_factory=lambda: training_preset("demo"), description="splits, models and budgets (null = skip that expert)"
+        default_factory=ExpertsTrainingConfig, description="splits, models and budgets (null = skip that expert)"
     )
     device: str | None = Field(None, description="cuda / cpu; default: cuda if available")
 

@@ -41,31 +41,6 @@ class TrainFlowParameters(BaseModel):
     resume: bool = True
 
 
-def profile_parameters(profile: str, **overrides) -> TrainFlowParameters:
-    """The generator settings of a profile, as the YAML profiles should carry them (`train:` section).
-
-    demo: the defaults (64 px, both generators in about 4-5 minutes on 2 CPU cores).
-    quality: 64 px, wider UNets with attention at the lowest level, ~10x the steps (about an hour on 2 CPU
-    cores, minutes on a GPU).
-    production (documented, GPU): 256 px, block_out_channels (64, 128, 256, 256, 512), layers_per_block 2,
-    attention, batch 32, 50k steps per generator, bf16; 512 px with one more level.
-    """
-    if profile == "demo":
-        params = TrainFlowParameters()
-    elif profile == "quality":
-        arch = dict(block_out_channels=(32, 64, 128, 128), layers_per_block=2, attention=True, norm_num_groups=16)
-        training = TrainingConfig(steps=3000, batch_size=16, learning_rate=1e-3, ema_decay=0.999, checkpoint_every=500,
-                                  validate_every=1000)
-        params = TrainFlowParameters(
-            mask_generator=MaskGeneratorConfig(**arch), image_generator=ImageGeneratorConfig(**arch),
-            mask_training=training, image_training=training,
-            mask_sampling=MaskSamplingConfig(num_inference_steps=30), image_sampling=ImageSamplingConfig(num_inference_steps=30),
-        )
-    else:
-        raise ValueError(f"unknown profile {profile!r}: 'demo' or 'quality' (production is documented, not built in)")
-    return params.model_copy(update=overrides)
-
-
 class TrainFlowResult(BaseModel):
     """Registry ids of the trained generators (None where that generator was not trained)."""
 

@@ -116,22 +116,7 @@ class ExpertsTrainingConfig(BaseModel):
     segmenter: SegmenterTrainingConfig | None = Field(default_factory=SegmenterTrainingConfig)
 
 
-def training_preset(name: str) -> ExpertsTrainingConfig:
-    """`demo` (about a minute on 2 CPU cores at 64 px) or `quality` (longer, bigger models)."""
-    if name == "demo":
-        return ExpertsTrainingConfig()
-    if name == "quality":
-        return ExpertsTrainingConfig(
-            classifier=ClassifierTrainingConfig(
-                init_features=32, growth_rate=12, block_config=(3, 6, 8, 6), steps=3000, batch_size=32,
-                learning_rate=2e-3, log_every=250,
-            ),
-            segmenter=SegmenterTrainingConfig(
-                channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, steps=2500,
-                batch_size=16, learning_rate=3e-3, log_every=250,
-            ),
-        )
-    raise ValueError(f"unknown expert training preset {name!r}; known: demo, quality")
+
 
 
 # --- data --------------------------------------------------------------------------------------------

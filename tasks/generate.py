@@ -68,7 +68,11 @@ class BuildConfig(BaseModel):
     classifier: ExpertChoice = Field(default_factory=ExpertChoice)
     segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
     prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
-    mask_sampling: MaskSamplingConfig = Field(default_factory=MaskSamplingConfig)
+    mask_sampling: MaskSamplingConfig = Field(
+        default_factory=lambda: MaskSamplingConfig(restrict_to_prompt=True, restrict_to_region=True),
+        description="the build keeps only the prompted classes, each clipped to the region its prompt names: the "
+        "image is rendered from these final masks, so they stay pixel-exact (bench/quality.py measures the raw masks)",
+    )
     image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
@@ -248,6 +252,32 @@ def generate_shard(
         gates=[{k: g[k] for k in ("gate", "success", "failures", "rows")} for g in shard_gates],
         seconds=seconds,
     )
+
+
+def regenerate_sample(version: Any, index: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Make sample `index` of a published synthetic version again from its manifest row and lineage:
+    the stored anatomy, prompt and seed, and the pinned models. Returns (stored image uint16, masks uint8);
+    equal to the stored arrays when the models and code are unchanged."""
+    from aurad_models.findings import Finding as _Finding
+    from aurad_models.registry import resolve_model
+
+    lineage = version.lineage
+    if lineage.get("kind") != "synthetic":
+        raise ValueError(f"{version.path} is not a synthetic build (kind {lineage.get('kind')!r}); nothing to regenerate")
+    config = BuildConfig.model_validate(lineage["config"])
+    registry = version.root.url
+    mask = resolve_model(registry, "mask-generator", lineage["models"]["mask_generator"]["id"])
+    image = resolve_model(registry, "image-generator", lineage["models"]["image_generator"]["id"])
+    row = version.manifest.slice(index, 1).to_pylist()[0]
+    prompt = tuple(_Finding(**f) for f in row["findings"])
+    loaded = LoadedModels(
+        mask_generator=MaskGenerator.from_pretrained(mask.path, device=device),
+        image_generator=ImageGenerator.from_pretrained(image.path, device=device),
+        experts=FilterExperts(None, None),
+    )
+    anatomy = np.asarray(version.anatomy[index : index + 1])
+    masks, images = generate_samples(anatomy, [prompt], [int(row["seed"])], loaded, config)
+    return to_stored(images)[0], masks[0]
 
 
 def _manifest_row(config: BuildConfig, plan: ShardPlan, i: int, slot: _Slot, bank_id: str, models: BuildModels) -> dict[str, Any]:

@@ -206,12 +206,12 @@ def test_demo_experts_accept_real_phantoms_and_reject_mismatched_prompts(tmp_pat
     mostly pass every expert; another sample's findings mostly fail the classifier."""
     from aurad_models.experts import ExpertChoice, load_anatomy_expert, load_pathology_expert
     from phantom_dataset import write_phantom_version
-    from tasks.experts import SourceRef, train_and_register_classifier, train_and_register_segmenter, training_preset
+    from tasks.experts import SourceRef, train_and_register_classifier, train_and_register_segmenter, ExpertsTrainingConfig
     from tasks.filtering import image_stats_reference_from_dataset
 
     write_phantom_version(tmp_path, {"train": 600, "val": 200}, shard_size=100, cycle=False)
     source = SourceRef(root=str(tmp_path), dataset="phantom")
-    preset = training_preset("demo")
+    preset = ExpertsTrainingConfig()
     train_and_register_classifier(source, tmp_path, preset.classifier, device="cpu")
     train_and_register_segmenter(source, tmp_path, preset.segmenter, device="cpu")
     choice = ExpertChoice(source="project", device="cpu")

@@ -304,19 +304,18 @@ def test_evaluate_flow_uses_a_registered_classifier_for_feature_metrics(stored_r
     assert "all" in quality["expert_agreement"]
 
 
-def test_evaluate_presets_round_trip_through_yaml():
+def test_evaluate_profiles_load_and_round_trip_through_yaml():
     import yaml
 
-    from flows.evaluate import EvaluateConfig, evaluate_preset
+    from flows.config import load_config
+    from flows.evaluate import EvaluateConfig
 
-    demo, quality = evaluate_preset("demo"), evaluate_preset("quality")
+    demo, quality = load_config("demo").evaluate.evaluate, load_config("quality").evaluate.evaluate
     assert demo.tasks == ("segmentation",) and demo.real_fractions == (0.05, 0.10) and demo.synthetic_only
     assert quality.tasks == ("segmentation", "detection") and quality.seeds == 3
-    for preset in (demo, quality):  # what a profile's `evaluate:` section holds validates back to the same
-        section = yaml.safe_load(yaml.safe_dump(preset.model_dump(mode="json")))
-        assert EvaluateConfig.model_validate(section) == preset
-    with pytest.raises(ValueError, match="unknown profile"):
-        evaluate_preset("production")
+    assert quality.segmentation.steps == 1000 and quality.real_fractions == (0.05, 0.10, 0.25)
+    for section in (demo, quality):  # what a profile's `evaluate:` section holds validates back to the same
+        assert EvaluateConfig.model_validate(yaml.safe_load(yaml.safe_dump(section.model_dump(mode="json")))) == section
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):

@@ -241,7 +241,7 @@ def _round_lesion(scene: _Scene, side: str, f: Finding, params: dict) -> tuple[n
 
 def _consolidation(scene: _Scene, side: str, f: Finding, params: dict) -> tuple[np.ndarray, np.ndarray]:
     """Patchy airspace opacity: overlapping blobs broken up by noise, optionally air bronchograms."""
-    grid, rng, p = scene.grid, scene.rng, scene.p
+    grid, rng = scene.grid, scene.rng
     extent = params["extent"]
     cx, cy = _place(scene, side, f.zone, extent, 0.5)
     n = int(rng.integers(3, 6))
@@ -272,7 +272,7 @@ def _consolidation(scene: _Scene, side: str, f: Finding, params: dict) -> tuple[
 
 def _air_bronchograms(scene: _Scene, side: str, centre, extent, box, replaced_box, fill) -> np.ndarray:
     """Branching air-filled bronchi, visible as dark lines only inside the consolidation."""
-    p, rng, s = scene.p, scene.rng, scene.p.side(side)
+    rng, s = scene.rng, scene.p.side(side)
     x0 = np.array([centre[0] - s.sgn * extent * 0.9])
     y0 = np.array([centre[1] + rng.uniform(-0.3, 0.3) * extent])
     angle = np.array([rng.uniform(-0.5, 0.5)])
@@ -384,7 +384,7 @@ def _effusion(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
     bilateral effusion the smaller side rises until neither side holds less than a quarter of the fluid
     (a heart sitting on the left base leaves less room there).
     """
-    grid, p, rng = scene.grid, scene.p, scene.rng
+    grid, rng = scene.grid, scene.rng
     level = rng.uniform(*_EFFUSION_LEVEL[f.size])
     rise = rng.uniform(0.18, 0.3)
     sides = sides_of(f)

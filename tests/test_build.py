@@ -1,0 +1,187 @@
+"""The build flow end to end on a tiny world: what it publishes (read back with plain pyarrow + zarr),
+resume after a crash, gates that stop a build, reproducibility from recorded seeds."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from build_world import make_build_world, tiny_build_config
+from aurad_models.vocabulary import PATHOLOGIES
+from storage import list_datasets, list_versions, open_dataset
+from tasks.quality import QualityGateFailed
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def published_versions(root, dataset: str) -> list[str]:
+    return list_versions(root, dataset) if dataset in list_datasets(root) else []
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_build_world(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def root(world, tmp_path):
+    """A private copy of the world, so each test's builds do not see another's."""
+    target = tmp_path / "root"
+    shutil.copytree(world, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def published(world, tmp_path_factory):
+    """One build, published; shared by the read-back tests."""
+    from flows.build import build_flow
+
+    root = tmp_path_factory.mktemp("published")
+    shutil.copytree(world, root, dirs_exist_ok=True)
+    result = build_flow(tiny_build_config(root))
+    return root, result
+
+
+def test_published_version_reads_back_with_plain_pyarrow_and_zarr(published):
+    root, result = published
+    path = root / result.dataset / result.version
+    manifest = pq.read_table(path / "manifest").to_pandas()
+    images = zarr.open_array(str(path / "images.zarr"), mode="r")
+    masks = zarr.open_array(str(path / "masks.zarr"), mode="r")
+    anatomy = zarr.open_array(str(path / "anatomy.zarr"), mode="r")
+
+    assert len(manifest) == images.shape[0] == masks.shape[0] == anatomy.shape[0] == 24
+    assert manifest["sample_id"].is_unique and manifest["seed"].notna().all()
+    assert images.dtype == np.uint16 and masks.dtype == np.uint8 and tuple(masks.attrs["channel_names"]) == PATHOLOGIES
+    accepted = np.flatnonzero(manifest["accepted"].to_numpy())
+    assert accepted.size > 0 and result.accepted == accepted.size
+    for i in accepted:  # every accepted sample has a non-empty mask for each prompted finding, and nothing else
+        prompted = {f["label"] for f in manifest["findings"].iloc[i]}
+        sample = masks[int(i)]
+        for c, label in enumerate(PATHOLOGIES):
+            assert (sample[c].sum() > 0) == (label in prompted), (manifest["sample_id"].iloc[i], label)
+    for i in range(len(manifest)):  # checksums in the manifest match the stored bytes
+        assert hashlib.sha256(np.ascontiguousarray(images[i]).astype("<u2").tobytes()).hexdigest() == manifest["image_sha256"].iloc[i]
+    tries = manifest["attempt_seeds"].map(len)
+    assert (tries >= 1).all() and (tries <= 2).all()
+    assert (manifest["attempt_seeds"].map(lambda s: s[-1]) == manifest["seed"]).all()
+    rejected_tries = manifest["attempt_reject_reasons"].map(lambda r: all(x is not None for x in r[:-1]))
+    assert rejected_tries.all()  # every try before the last was rejected, with its reason recorded
+
+    lineage = json.loads((path / "version.json").read_text())
+    for key in ("build_id", "config", "models", "inputs", "code_version", "quotas"):
+        assert lineage.get(key) or lineage.get("lineage", {}).get(key), key
+    for name in ("gates.json", "gates.html", "report.html", "build.json"):
+        assert (path / "quality" / name).is_file(), name
+    gates = json.loads((path / "quality" / "gates.json").read_text())
+    assert {g["gate"] for g in gates} >= {"prompts", "manifest"} and all(g["success"] for g in gates)
+
+
+def test_rerun_of_a_published_build_publishes_nothing_new(published):
+    from flows.build import build_flow
+
+    root, first = published
+    again = build_flow(tiny_build_config(root))
+    assert again.already_published and again.version == first.version
+    assert list_versions(root, first.dataset) == [first.version]
+
+
+def test_same_config_and_seed_give_the_same_dataset_and_a_sample_regenerates_from_its_seed(published, root):
+    from flows.build import build_flow
+    from tasks.generate import regenerate_sample
+
+    first_root, first = published
+    second = build_flow(tiny_build_config(root))
+    a = open_dataset(first_root, first.dataset, first.version).to_pandas()
+    b = open_dataset(root, second.dataset, second.version).to_pandas()
+    assert second.build_id == first.build_id
+    for column in ("sample_id", "prompt", "seed", "image_sha256", "masks_sha256", "accepted"):
+        assert a[column].tolist() == b[column].tolist(), column
+
+    version = open_dataset(first_root, first.dataset, first.version)
+    i = int(np.flatnonzero(a["accepted"].to_numpy())[0])
+    image, pathology = regenerate_sample(version, i)
+    stored = np.asarray(version.images[i]).astype(np.int64)
+    # Alone rather than in its shard's batch: float summation order differs, so a few 16-bit levels at most.
+    assert np.abs(image.astype(np.int64) - stored).max() <= 64 and np.array_equal(pathology, np.asarray(version.masks[i]))
+    other = int(np.flatnonzero(a["seed"].to_numpy() != a["seed"].iloc[i])[0])
+    assert np.abs(stored - np.asarray(version.images[other]).astype(np.int64)).max() > 1000  # a real check
+
+
+def test_a_build_killed_after_some_shards_resumes_without_recomputing_them(root, monkeypatch):
+    import tasks.generate as generate
+    from flows.build import build_flow
+
+    config = tiny_build_config(root)
+    real = generate.generate_samples
+    calls: list[int] = []
+
+    def crash_on_shard_two(anatomy, prompts, seeds, models, cfg):
+        calls.append(len(prompts))
+        if seeds[0] in crashing_seeds:
+            raise RuntimeError("simulated crash in shard 2")
+        return real(anatomy, prompts, seeds, models, cfg)
+
+    crashing_seeds = {generate.try_seed(config.seed, 16, 0)}  # the first try of shard 2 (samples 16..23)
+    monkeypatch.setattr(generate, "generate_samples", crash_on_shard_two)
+    with pytest.raises(Exception, match="simulated crash"):
+        build_flow(config)
+    assert published_versions(root, config.dataset) == []  # nothing published
+    staging = next((root / config.dataset / "_staging").iterdir())
+    finished_first = sorted(int(p.stem.split("-")[1]) for p in (staging / "_ledger").glob("shard-*.json"))
+    assert 2 not in finished_first and finished_first  # the others finished (one runner thread: 0 and 1 ran first)
+
+    crashing_seeds.clear()
+    shards_run: list[int] = []
+    real_shard = generate.generate_shard
+
+    def counting(staged, plan, *args):
+        shards_run.append(plan.shard)
+        return real_shard(staged, plan, *args)
+
+    monkeypatch.setattr(generate, "generate_shard", counting)
+    monkeypatch.setattr("flows.build.generate_shard", counting, raising=False)
+    result = build_flow(config)
+    assert sorted(shards_run) == sorted(set(range(3)) - set(finished_first))  # no finished shard recomputed
+    assert result.reused_shards == finished_first and result.generated_shards == sorted(shards_run)
+    manifest = open_dataset(root, config.dataset, result.version).to_pandas()
+    assert len(manifest) == 24 and manifest["sample_id"].is_unique
+    assert manifest["sample_id"].tolist() == [f"synthetic-{i:07d}" for i in range(24)]
+
+
+def test_a_failing_gate_stops_the_build_and_publishes_nothing(root):
+    from flows.build import build_flow
+
+    config = tiny_build_config(root)
+    never_accept = config.filter.model_copy(update={"anatomy": config.filter.anatomy.model_copy(update={"dice_threshold": 1.0})})
+    failing = config.model_copy(update={"filter": never_accept, "quality": config.quality.model_copy(update={"min_acceptance_rate": 0.2})})
+    with pytest.raises(QualityGateFailed, match=r"\[manifest\].*accepted"):
+        build_flow(failing)
+    assert published_versions(root, config.dataset) == []
+    assert not (root / config.dataset / "catalog").exists() or not any((root / config.dataset / "catalog").iterdir())
+
+
+def test_a_failing_shard_gate_stops_the_build_before_the_shard_is_written(root):
+    from flows.build import build_flow
+
+    config = tiny_build_config(root)
+    strict = config.model_copy(update={"quality": config.quality.model_copy(update={"image_std_range": (0.9, 1.0), "image_mostly": 1.0})})
+    with pytest.raises(QualityGateFailed, match=r"\[images\]"):
+        build_flow(strict)
+    assert published_versions(root, config.dataset) == []
+    staging = next((root / config.dataset / "_staging").iterdir())
+    assert not list((staging / "_ledger").glob("shard-*.json"))  # no shard counted as finished
+
+
+def test_unknown_model_id_is_a_clear_error(root):
+    from aurad_models.registry import RegistryError
+    from flows.build import build_flow
+
+    with pytest.raises(RegistryError, match="no-such-model"):
+        build_flow(tiny_build_config(root, mask_model="no-such-model"))
