@@ -70,7 +70,7 @@ def _publish(job: BankShardJob, segmenter: dict) -> dict:
     return {"version": staged.publish(lineage), **lineage["qc_summary"]}
 
 
-@flow(name="anatomy-bank", log_prints=False)
+@flow(name="aurad-anatomy-bank", log_prints=False)
 def anatomy_bank_flow(params: AnatomyBankParameters = AnatomyBankParameters()) -> AnatomyBankResult:
     """Build (or resume) the anatomy bank from `params.source_dataset` and publish it."""
     run_logger = get_run_logger()

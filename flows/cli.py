@@ -39,7 +39,7 @@ def _config(profile: str, overrides: Optional[list[str]], root: Optional[str]):
     try:
         return load_config(profile, overrides or [], root)
     except ConfigError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(str(error), style="red", markup=False)
         raise typer.Exit(2) from None
 
 
@@ -56,10 +56,10 @@ def _run(what: str, call) -> Any:
     try:
         result = call()
     except QualityGateFailed as error:
-        console.print(f"[red]{what}: {error}[/red]")
+        console.print(f"{what}: {error}", style="red", markup=False)
         raise typer.Exit(3) from None
     except (StorageError, FileNotFoundError, LookupError, ValueError) as error:
-        console.print(f"[red]{what} failed: {error}[/red]")
+        console.print(f"{what} failed: {error}", style="red", markup=False)
         raise typer.Exit(1) from None
     console.print(f"[green]{what} done[/green] in {time.perf_counter() - started:.0f} s")
     return result
@@ -203,7 +203,7 @@ def datasets_list(root: Optional[str] = RootOption, profile: str = ProfileOption
     try:
         names = storage.list_datasets(root)
     except storage.StorageError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
     table = Table("dataset", "versions", "latest", "samples", "accepted")
     for name in names:
@@ -228,7 +228,7 @@ def datasets_show(
     try:
         ds = storage.open_dataset(root, dataset, version or "latest")
     except storage.StorageError as error:
-        console.print(f"[red]{error}[/red]")
+        console.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
     summary = ds.summary()
     console.print(f"[bold]{ds.name}/{ds.version}[/bold]  {ds.path}")

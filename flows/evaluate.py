@@ -207,7 +207,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-@flow(name="evaluate", log_prints=False)
+@flow(name="aurad-evaluate", log_prints=False)
 def evaluate_flow(params: EvaluateParameters = EvaluateParameters()) -> EvaluateResult:
     """Downstream retraining (real vs real+synthetic vs synthetic) and quality metrics; writes the
     evaluation documents and report (see the module docstring)."""

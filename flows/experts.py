@@ -47,7 +47,7 @@ class TrainExpertsResult(BaseModel):
     metrics: dict[Literal["classifier", "segmenter"], dict[str, Any]]
 
 
-@flow(name="train-experts", log_prints=False)
+@flow(name="aurad-train-experts", log_prints=False)
 def train_experts_flow(params: TrainExpertsParameters = TrainExpertsParameters()) -> TrainExpertsResult:
     """Train, validate and register both experts on `params.dataset`/`params.version`."""
     run_logger = get_run_logger()

@@ -55,7 +55,7 @@ class ImportSourceResult(BaseModel):
     splits: dict[str, int]
 
 
-@flow(name="import-source", log_prints=False)
+@flow(name="aurad-import-source", log_prints=False)
 def import_source_flow(params: ImportSourceParameters) -> ImportSourceResult:
     """Import `params.path` through adapter `params.adapter` into `params.root`/`params.dataset`."""
     summary = import_source(

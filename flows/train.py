@@ -49,7 +49,7 @@ class TrainFlowResult(BaseModel):
     seconds: dict[str, float]
 
 
-@flow(name="train-generators", log_prints=False)
+@flow(name="aurad-train-generators", log_prints=False)
 def train_flow(params: TrainFlowParameters = TrainFlowParameters()) -> TrainFlowResult:
     """Train both generators on `params.dataset`/`params.version` and return their registry ids."""
     common = dict(root=params.root, dataset=params.dataset, version=params.version,

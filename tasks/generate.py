@@ -3,7 +3,8 @@
 A shard is hundreds of samples handled as batches: one task run per shard, never per image. Rejected
 samples are regenerated with a new recorded seed (same prompt, same anatomy), up to `max_tries`; the
 manifest row keeps every try's seed and reject reason. Data-quality gates run on the shard between the
-stages and stop the build when they fail.
+stages (anatomy before generation; masks and images of the accepted samples after the filter) and stop
+the build when they fail.
 
 Seeds: try t of sample i has seed `derive_seed(build seed, i, "try", t)`; its mask noise comes from
 `derive_seed(seed, "mask")` and its image noise from `derive_seed(seed, "image")`, so any stored sample
@@ -225,10 +226,13 @@ def generate_shard(
         if not todo:
             break
 
-    # 3. Gates on what the shard will store.
+    # 3. Gates on the samples the filter passed on (rejected ones are stored with their reasons and count
+    #    against the build's acceptance floor instead). No accepted sample: nothing to check here.
     tick = time.perf_counter()
-    gates.append(mask_gate(mask_stats(pathology, anatomy, plan.prompts), config.quality))
-    gates.append(image_gate(image_stats(images), config.quality))
+    kept = [i for i in range(n) if slots[i].result.accepted]
+    if kept:
+        gates.append(mask_gate(mask_stats(pathology[kept], anatomy[kept], [plan.prompts[i] for i in kept]), config.quality))
+        gates.append(image_gate(image_stats(images[kept]), config.quality))
     shard_gates = [g.to_json() for g in gates]
     staged.write_file(f"quality/shards/shard-{plan.shard:05d}.json", _json_dumps({"shard": plan.shard, "gates": shard_gates}))
     raise_on_failure(gates)

@@ -10,7 +10,7 @@ from aurad_models.experts.trained import ANATOMY_SEGMENTER_KIND, AnatomySegmente
 from aurad_models.pixels import stored_to_unit
 from aurad_models.registry import register_model
 from aurad_models.vocabulary import PATHOLOGIES, anatomy_index
-from phantom_dataset import cycle_findings, phantom_batch, write_phantom_version
+from bench.world import cycle_findings, phantom_batch, write_phantom_version
 from tasks.anatomy import AnatomyBankConfig, AnatomyQCConfig, anatomy_qc, build_anatomy_bank
 from tasks.experts import SourceRef
 

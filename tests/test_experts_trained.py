@@ -23,7 +23,7 @@ from aurad_models.experts.trained import (
 )
 from aurad_models.registry import RegistryError, register_model
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, anatomy_index
-from phantom_dataset import cycle_findings, phantom_batch, write_phantom_version
+from bench.world import cycle_findings, phantom_batch, write_phantom_version
 from tasks.experts import (
     AugmentationConfig,
     ClassifierTrainingConfig,

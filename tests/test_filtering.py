@@ -9,7 +9,7 @@ import torch
 from aurad_models.experts.trained import AnatomySegmenter, PathologyClassifier, TrainedAnatomyExpert, TrainedPathologyExpert
 from aurad_models.findings import Finding
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, anatomy_index, pathology_index
-from phantom_dataset import cycle_findings, phantom_batch
+from bench.world import cycle_findings, phantom_batch
 from tasks.filtering import (
     AnatomyCheck,
     ClassifierCheck,
@@ -205,7 +205,7 @@ def test_demo_experts_accept_real_phantoms_and_reject_mismatched_prompts(tmp_pat
     """End to end on held-out phantoms with experts trained at the demo budget: the images' own findings
     mostly pass every expert; another sample's findings mostly fail the classifier."""
     from aurad_models.experts import ExpertChoice, load_anatomy_expert, load_pathology_expert
-    from phantom_dataset import write_phantom_version
+    from bench.world import write_phantom_version
     from tasks.experts import SourceRef, train_and_register_classifier, train_and_register_segmenter, ExpertsTrainingConfig
     from tasks.filtering import image_stats_reference_from_dataset
 

@@ -1,0 +1,89 @@
+"""prefect.yaml deploys against a real, local Prefect server started by the test: every deployment is
+registered with its work pool, schedule and parameters, and the parameters validate as the flows' models."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).parent / "prefect")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """`prefect server start` in a throwaway home; yields the environment that points at it."""
+    home = tmp_path_factory.mktemp("prefect-server-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _prefect(env: dict, *args: str) -> str:
+    done = subprocess.run([PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server):
+    env = prefect_server
+    _prefect(env, "work-pool", "create", "aurad-cpu", "--type", "process")
+    _prefect(env, "work-pool", "create", "aurad-gpu", "--type", "process")
+    _prefect(env, "--no-prompt", "deploy", "--all")
+
+    api = env["PREFECT_API_URL"]
+    deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, timeout=30).json()}
+    found = {(flows[d["flow_id"]], d["name"]): d for d in deployments}
+
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert len(found) == len(declared)
+    nightly = found[("aurad-build", "nightly-build")]
+    assert nightly["work_pool_name"] == "aurad-gpu"
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+    assert nightly["schedules"][0]["active"] is True
+    assert nightly["parameters"]["params"]["n_samples"] == 2000
+    assert found[("aurad-evaluate", "evaluate")]["work_pool_name"] == "aurad-cpu"
+    assert found[("aurad-train-generators", "train-generators")]["work_pool_name"] == "aurad-gpu"
+    # The UI's form is the flow's pydantic model: the schema names BuildConfig's fields.
+    schema = nightly["parameter_openapi_schema"]
+    definitions = schema.get("definitions") or schema.get("$defs") or {}
+    assert "BuildConfig" in definitions and "max_tries" in definitions["BuildConfig"]["properties"]
+
+    # The registered parameters validate as the flow's parameter model (what a worker will run).
+    from tasks.generate import BuildConfig
+
+    assert BuildConfig.model_validate(nightly["parameters"]["params"]).n_samples == 2000
