@@ -109,9 +109,9 @@ class MaskSamplingConfig(BaseModel):
     guidance_scale: float = Field(2.0, ge=0)
     eta: float = Field(0.0, ge=0, le=1)
     threshold: float = Field(0.5, gt=0, lt=1, description="on the [0, 1] scale of the denoised masks")
-    restrict_to_prompt: bool = False
-    restrict_to_region: bool = Field(False, description="post-processing: clip each class to the region its prompt "
-                                     "requests (prompt_encoder.finding_region); measured separately")
+    restrict_to_prompt: bool = Field(True, description="post-processing: empty the classes the prompt does not ask for")
+    restrict_to_region: bool = Field(True, description="post-processing: clip each class to the region its prompt "
+                                     "requests (prompt_encoder.finding_region); bench/quality.py measures masks without both")
     batch_size: int = Field(16, ge=1)
     mixed_precision: MixedPrecision = "bf16"
 

@@ -235,7 +235,7 @@ def run(profile: str, n_train: int, n_val: int, n_test: int, classifier_seconds:
     prompts = sample_prompts(n_test, prior, PromptSamplerConfig(normal_fraction=0.0), seed=derive_seed(seed, "prompts"))
     seeds = [derive_seed(seed, "sample", i) for i in range(n_test)]
     began = time.monotonic()
-    mask_sampling = params.mask_sampling
+    mask_sampling = params.mask_sampling.model_copy(update={"restrict_to_prompt": False, "restrict_to_region": False})  # raw masks
     generated = mask_model.sample(test.anatomy, prompts, seeds, mask_sampling)
     timings["sample_masks"] = time.monotonic() - began
     # Post-processing (measured separately): empty unrequested classes, clip to the requested regions.

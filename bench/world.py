@@ -117,7 +117,7 @@ def tiny_build_config(root: Path, **changes) -> BuildConfig:
         n_samples=24,
         shard_size=8,
         seed=3,
-        mask_sampling=MaskSamplingConfig(num_inference_steps=2, threshold=0.05, restrict_to_prompt=True, restrict_to_region=True),
+        mask_sampling=MaskSamplingConfig(num_inference_steps=2, threshold=0.05),
         image_sampling=ImageSamplingConfig(num_inference_steps=2),
         filter=FilterConfig.model_validate({
             "classifier": {"min_auroc": 0.99},

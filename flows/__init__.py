@@ -13,7 +13,3 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
-# great-expectations announces a temporary docs folder at INFO on every ephemeral context (once per gate).
-import logging  # noqa: E402
-
-logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)

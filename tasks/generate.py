@@ -70,9 +70,9 @@ class BuildConfig(BaseModel):
     segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
     prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
     mask_sampling: MaskSamplingConfig = Field(
-        default_factory=lambda: MaskSamplingConfig(restrict_to_prompt=True, restrict_to_region=True),
-        description="the build keeps only the prompted classes, each clipped to the region its prompt names: the "
-        "image is rendered from these final masks, so they stay pixel-exact (bench/quality.py measures the raw masks)",
+        default_factory=MaskSamplingConfig,
+        description="keeps only the prompted classes, each clipped to the region its prompt names (the defaults): the "
+        "image is rendered from these final masks, so they stay pixel-exact",
     )
     image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)

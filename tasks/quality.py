@@ -84,6 +84,8 @@ def validate_frame(gate: str, frame: pd.DataFrame, expectations: list[Any]) -> G
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # GE announces a temporary docs folder at INFO on every ephemeral context: once per gate, noise.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas(f"{gate}-source").add_dataframe_asset(name=gate)

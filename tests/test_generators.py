@@ -176,8 +176,8 @@ def test_mask_input_validation(toy, mask_model):
 def test_restrict_to_prompt_is_reported(toy, mask_model):
     _, anatomy, _, _ = toy
     prompts = [(Finding(label="effusion"),)] * 2
-    loose = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01))
-    strict = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01, restrict_to_prompt=True))
+    loose = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01, restrict_to_prompt=False, restrict_to_region=False))
+    strict = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01, restrict_to_region=False))
     others = [0, 1, 2, 4, 5, 6]
     assert strict.masks[:, others].sum() == 0
     assert strict.removed_by_restriction.sum() == loose.masks[:, others].sum() > 0  # an untrained model fills everything
@@ -383,8 +383,8 @@ def test_restrict_to_region_clips_to_the_requested_region(toy, mask_model):
 
     _, anatomy, _, _ = toy
     prompts = [(Finding(label="nodule", side="left", zone="upper"),)] * 2
-    loose = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01))
-    clipped = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01, restrict_to_region=True))
+    loose = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01, restrict_to_prompt=False, restrict_to_region=False))
+    clipped = mask_model.sample(anatomy[:2], prompts, [1, 2], MaskSamplingConfig(num_inference_steps=2, threshold=0.01, restrict_to_prompt=False))
     region = np.stack([prior_maps(p, a > 0)[0] > 0 for p, a in zip(prompts, anatomy[:2])])
     assert not (clipped.masks[:, 0].astype(bool) & ~region).any()
     assert clipped.removed_by_restriction[:, 0].sum() == (loose.masks[:, 0].astype(bool) & ~region).sum() > 0
