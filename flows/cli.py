@@ -188,7 +188,7 @@ def show_config(profile: str = ProfileOption, set_: Optional[list[str]] = SetOpt
     import yaml
 
     config = _config(profile, set_, root)
-    console.print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), markup=False)
+    typer.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))  # plain: pipeable YAML
 
 
 # --- datasets and models -------------------------------------------------------------------------

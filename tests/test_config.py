@@ -1,0 +1,52 @@
+"""Profiles, overrides and the CLI's handling of configuration mistakes."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.config import load_config
+from flows.profiles import ConfigError
+
+
+def test_profiles_extend_each_other_and_keep_what_they_do_not_change():
+    demo, quality, production = load_config("demo"), load_config("quality"), load_config("production")
+    assert quality.source.phantom.size == demo.source.phantom.size == 64  # inherited from demo
+    assert quality.experts.training.classifier.steps == 3000 != demo.experts.training.classifier.steps
+    assert production.train.mask_generator.image_size == 256 and production.train.mask_training.device == "cuda"
+    assert production.experts.training.classifier.steps == 3000  # inherited from quality
+    assert demo.build.mask_sampling.scheduler == "dpm-solver++" and demo.build.mask_sampling.restrict_to_region
+
+
+def test_root_and_dataset_names_are_set_once_for_every_section():
+    config = load_config("demo", ["source.dataset=cxr", "build.n_samples=512"], root="/data/x")
+    for section in ("source", "experts", "anatomy_bank", "train", "build", "evaluate"):
+        assert getattr(config, section).root == "/data/x"
+    assert config.build.source_dataset == config.train.dataset == config.evaluate.real_dataset == "cxr"
+    assert config.build.n_samples == 512
+
+
+def test_configuration_mistakes_name_the_setting():
+    with pytest.raises(ConfigError, match=r"build\.n_sampels"):
+        load_config("demo", ["build.n_sampels=5"])
+    with pytest.raises(ConfigError, match=r"build\.n_samples"):
+        load_config("demo", ["build.n_samples=-3"])
+    with pytest.raises(ConfigError, match="differs from storage.root"):
+        load_config("demo", ["build.root=/elsewhere"])
+    with pytest.raises(ConfigError, match="not one of .*demo.*production.*quality"):
+        load_config("no-such-profile")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config("demo", ["build"])
+
+
+def test_cli_prints_the_resolved_config_and_exits_2_on_a_bad_override():
+    runner = CliRunner()
+    shown = runner.invoke(app, ["config", "-s", "build.n_samples=7", "-r", "/tmp/somewhere"])
+    assert shown.exit_code == 0, shown.output
+    resolved = yaml.safe_load(shown.output)
+    assert resolved["build"]["n_samples"] == 7 and resolved["storage"]["root"] == "/tmp/somewhere"
+
+    bad = runner.invoke(app, ["build", "-s", "build.max_tries=zero"])
+    assert bad.exit_code == 2 and "build.max_tries" in bad.output
