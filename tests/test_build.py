@@ -187,8 +187,10 @@ def test_unknown_model_id_is_a_clear_error(root):
         build_flow(tiny_build_config(root, mask_model="no-such-model"))
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_builds_the_same_dataset_as_threads(published, root):
-    """Scaling out changes where shards run, not what they contain."""
+    """Scaling out changes where shards run, not what they contain. Slow: it starts a 2-process Dask
+    cluster; in one fresh-clone CI run on a loaded machine it stalled, so it stays out of the fast suite."""
     from flows.build import build_flow
 
     first_root, first = published
