@@ -125,7 +125,7 @@ def pipeline_flow(config: AuradConfig = AuradConfig()) -> PipelineResult:
         evaluate_params = config.evaluate.model_copy(update={"real_version": source_version, "synthetic_version": build.version})
         result = timed("evaluate", lambda: evaluate_flow(evaluate_params))
         evaluation = result.model_dump(mode="json")
-        evaluation_report = next((f for f in result.files if f.endswith(".html")), None)
+        evaluation_report = next((f"{result.output}/{f}" for f in result.files if f.endswith(".html")), None)
         for task, rows in result.gains.items():
             for row in rows:
                 headline.append(_gain_line(task, row))
