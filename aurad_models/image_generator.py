@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,13 +36,17 @@ from torch import nn
 
 from aurad_models.diffusion import (
     BetaSchedule,
+    CompileMode,
     MixedPrecision,
     PredictionType,
     SchedulerName,
+    SamplingNetwork,
     as_channel_tensor,
     autocast,
     denoise,
+    eager_network,
     per_sample_noise,
+    sampling_network,
     sampling_scheduler,
     training_scheduler,
     training_target,
@@ -90,7 +94,8 @@ class ImageGeneratorConfig(BaseModel):
 
 
 class ImageSamplingConfig(BaseModel):
-    """How to sample images: sampler, steps, guidance (1 = none), per-step noise, batch size, precision."""
+    """How to sample images: sampler, steps, guidance (1 = none), per-step noise, batch size, and the speed
+    settings (precision, memory format, compilation; bench/sampling.py measures them)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -99,7 +104,9 @@ class ImageSamplingConfig(BaseModel):
     guidance_scale: float = Field(1.0, ge=0)
     eta: float = Field(0.0, ge=0, le=1)
     batch_size: int = Field(16, ge=1)
-    mixed_precision: MixedPrecision = "bf16"
+    mixed_precision: MixedPrecision = Field("bf16", description="autocast dtype on CUDA; CPU always runs float32")
+    channels_last: bool = Field(False, description="NHWC weights and inputs (tensor-core friendly convolutions on GPUs)")
+    compile: CompileMode = Field("no", description="torch.compile the UNet: about a minute per input shape, pays on long builds")
 
 
 @dataclass
@@ -166,6 +173,7 @@ class ImageGenerator(nn.Module):
         embed_dim = self.unet.config.block_out_channels[0] * 4
         self.condition_embedding = condition_embedding or AvailabilityEmbedding(N_FLAGS, embed_dim)
         self.noise_scheduler = training_scheduler(config.num_train_timesteps, config.beta_schedule, config.prediction_type)
+        self._compiled: dict[str, Callable[..., object]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -174,10 +182,15 @@ class ImageGenerator(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
-    def _predict(self, noisy: torch.Tensor, t, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    def _sampling_network(self, sampling: ImageSamplingConfig) -> SamplingNetwork | None:
+        return sampling_network(self.unet, sampling.channels_last, sampling.compile, self._compiled)
+
+    def _predict(self, noisy: torch.Tensor, t, masks: torch.Tensor, flags: torch.Tensor,
+                 network: SamplingNetwork | None = None) -> torch.Tensor:
         """Model output for noisy images, masks (B, 21, H, W) already multiplied by the flags (B, 21)."""
         timesteps = torch.as_tensor(t, device=noisy.device).expand(len(noisy))
-        return self.unet(torch.cat([noisy, masks], dim=1), timesteps, class_labels=self.condition_embedding(flags)).sample
+        network = network or eager_network(self.unet)
+        return network(torch.cat([noisy, masks], dim=1), timesteps, class_labels=self.condition_embedding(flags))
 
     def training_loss(self, images: torch.Tensor, anatomy: torch.Tensor, pathology: torch.Tensor, seed: int) -> torch.Tensor:
         """Denoising loss on one batch (images (B, H, W) in [0, 1]) with mask ablation drawn from `seed`."""
@@ -244,12 +257,13 @@ class ImageGenerator(nn.Module):
         x = per_sample_noise((1, *masks.shape[2:]), seeds, masks.device)
         # 4. Denoise; the unconditional branch (for guidance) has every mask dropped.
         null_masks, null_flags = torch.zeros_like(masks), torch.zeros_like(flags)
+        network = self._sampling_network(sampling)
         with autocast(masks.device, sampling.mixed_precision):
             x = denoise(
-                lambda x_t, t: self._predict(x_t, t, masks, flags),
+                lambda x_t, t: self._predict(x_t, t, masks, flags, network),
                 x, scheduler, sampling.num_inference_steps, seeds,
                 guidance_scale=sampling.guidance_scale,
-                predict_unconditional=lambda x_t, t: self._predict(x_t, t, null_masks, null_flags),
+                predict_unconditional=lambda x_t, t: self._predict(x_t, t, null_masks, null_flags, network),
                 eta=sampling.eta,
             )
         # 5. Back to [0, 1] grayscale.
@@ -335,7 +349,12 @@ class ControlNetImageGenerator(ImageGenerator):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.controlnet.parameters() if p.requires_grad]
 
-    def _predict(self, noisy: torch.Tensor, t, masks: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    def _sampling_network(self, sampling: ImageSamplingConfig) -> SamplingNetwork | None:
+        """The ControlNet pair always runs eager in its own memory format (speed settings not wired)."""
+        return None
+
+    def _predict(self, noisy: torch.Tensor, t, masks: torch.Tensor, flags: torch.Tensor,
+                 network: SamplingNetwork | None = None) -> torch.Tensor:
         timesteps = torch.as_tensor(t, device=noisy.device).expand(len(noisy))
         planes = flags[:, :, None, None].expand(-1, -1, *masks.shape[2:])
         context = torch.zeros((len(noisy), 1, self.base_unet.config.cross_attention_dim), device=noisy.device, dtype=noisy.dtype)

@@ -1,6 +1,8 @@
-"""Benchmarks: each module measures one thing and writes its figures to bench/results/<name>.json.
+"""Benchmarks: each module measures one thing and writes bench/results/<name>.json (figures + machine)
+and <name>.md (a table).
 
-    python -m bench                      phantom, storage, orchestration (about 10 minutes on 2 cores)
-    python -m bench quality              one by name (quality trains both generators: tens of minutes)
-    python -m bench.<name> --help        a benchmark's own options
+    python -m bench                      phantom, storage, sampling, filtering (about 25 minutes on 2 cores)
+    python -m bench orchestration demo   by name: the 2,000-sample build twice (~10 min), the demo (~16 min)
+    python -m bench quality              trains both generators, then measures mask and image quality
+    python -m bench.<name> --help        a benchmark's own options (device, grid, repeats)
 """

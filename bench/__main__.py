@@ -1,4 +1,4 @@
-"""Run benchmarks by name (default: the quick ones); each writes bench/results/<name>.json."""
+"""Run benchmarks by name (default: the quick ones); each writes bench/results/<name>.json and <name>.md."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import importlib
 import time
 
-QUICK = ("phantom", "storage", "orchestration")
-ALL = QUICK + ("quality",)
+QUICK = ("phantom", "storage", "sampling", "filtering")
+ALL = QUICK + ("orchestration", "demo", "quality")
 
 
 def main() -> None:

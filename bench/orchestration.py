@@ -15,15 +15,15 @@ a smaller share. Target: < 5 %.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "orchestration.json"
+from bench.record import markdown_table, write_results
 
 
 def run(n_samples: int, shard_size: int, inference_steps: int, root: Path, repeats: int) -> dict[str, Any]:
@@ -56,9 +56,8 @@ def run(n_samples: int, shard_size: int, inference_steps: int, root: Path, repea
         build_flow(config(f"prefect{r}"))
         prefect_seconds.append(time.perf_counter() - began)
 
-    loop, prefect = min(loop_seconds), min(prefect_seconds)
+    loop, prefect = statistics.median(loop_seconds), statistics.median(prefect_seconds)
     return {
-        "benchmark": "orchestration",
         "n_samples": n_samples,
         "shard_size": shard_size,
         "shard_tasks": -(-n_samples // shard_size),
@@ -83,13 +82,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--inference-steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--root", type=Path, default=None, help="a world to reuse (default: a temporary one)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="aurad-bench-orch-") as scratch:
         results = run(args.n_samples, args.shard_size, args.inference_steps, args.root or Path(scratch), args.repeats)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=1) + "\n")
-    print(json.dumps(results, indent=1))
+    rows = [{"runner": "plain loop", "runs": results["plain_loop_s"], "median": statistics.median(results["plain_loop_s"])},
+            {"runner": "Prefect (subflow + task per shard)", "runs": results["prefect_s"], "median": statistics.median(results["prefect_s"])}]
+    table = markdown_table(rows, {"runner": "runner", "median": "median s", "runs": "runs s"})
+    table += ["", f"{results['n_samples']} samples in {results['shard_tasks']} shard tasks, {results['inference_steps']} denoising "
+              f"steps, runs alternating: overhead {results['overhead_fraction']:+.1%} of the plain loop "
+              f"({results['per_shard_overhead_s']:+.2f} s per shard; target < 5%). Warm-up build with server start: "
+              f"{results['warmup_build_with_server_start_s']} s."]
+    print("\n".join(table))
+    write_results("orchestration", results, table, "Orchestration overhead of the build flow", out=args.output)
     return results
 
 

@@ -12,7 +12,6 @@ workers == 1, which is the figure to trust on a shared, loaded machine.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -26,7 +25,7 @@ from aurad_models.phantom import PhantomConfig, generate_phantoms
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).parent / "results" / "phantom.json"
+from bench.record import markdown_table, write_results
 
 
 def _generate_chunk(seeds: list[int], size: int) -> int:
@@ -64,20 +63,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = [phantom_images_per_second(size, args.n, w, args.repeats) for size in args.sizes for w in args.workers]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"cpus": os.cpu_count(), "load_average_1min": load, "rows": rows}
-    print(f"{'size':>6} {'workers':>8} {'images/s':>10} {'CPU ms/image':>13} {'1000 images':>12}")
     for row in rows:
-        cpu = f"{row['cpu_ms_per_image']:.1f}" if "cpu_ms_per_image" in row else "-"
-        per_1000 = 1000 / row["images_per_s"]
-        print(f"{row['size']:>6} {row['workers']:>8} {row['images_per_s']:>10.1f} {cpu:>13} {per_1000:>11.1f}s")
-    print(f"(load average {load:.2f} on {os.cpu_count()} CPUs)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+        row["seconds_per_1000"] = 1000 / row["images_per_s"]
+    table = markdown_table(rows, {"size": "px", "workers": "workers", "images_per_s": "images/s",
+                                  "cpu_ms_per_image": "CPU ms/image", "seconds_per_1000": "s per 1000 images"})
+    table += ["", f"{args.n} phantoms per run, medians of {args.repeats} runs after a warm-up."]
+    print("\n".join(table))
+    write_results("phantom", result, table, "Phantom generation speed", out=args.out)
     return result
 
 

@@ -14,7 +14,6 @@ runs take turns, so that on a shared machine both meet the same load.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -34,7 +33,7 @@ from storage.arrays import array_dir, array_layouts
 
 logger = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).parent / "results" / "storage.json"
+from bench.record import write_results
 N_PATHOLOGY, N_ANATOMY = 7, 14
 
 
@@ -202,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--torch-items", type=int, default=200)
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("storage").setLevel(logging.WARNING)
@@ -269,20 +268,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "write_cpu_ratio": statistics.median(cpu["raw_write"]) / statistics.median(cpu["storage_write"]),
     }
     table = [
+        "| | raw zarr | storage | ratio |",
+        "|---|---|---|---|",
+        f"| write MB/s | {rates['raw_write']:.0f} | {rates['storage_write']:.0f} | {results['write_ratio']:.2f} |",
+        f"| write CPU s | {results['cpu_seconds']['raw_write']:.1f} | {results['cpu_seconds']['storage_write']:.1f} | "
+        f"{results['write_cpu_ratio']:.2f} |",
+        f"| read MB/s | {rates['raw_read']:.0f} | {rates['storage_read']:.0f} | {results['read_ratio']:.2f} |",
+        f"| read as dask MB/s | | {rates['storage_read_dask']:.0f} | |",
+        f"| torch items/s | | {results['torch_items_per_s']:.0f} | |",
+        "",
         f"{args.n} samples of {args.size}x{args.size}, shard {args.shard_size}: {mb:.0f} MB uncompressed, "
-        f"{raw_size / 1e6:.1f} MB stored (raw zarr), medians of {args.repeats}, load {load_before[0]:.1f}",
-        f"{'':18s} {'raw zarr':>10s} {'storage':>10s} {'ratio':>7s}",
-        f"{'write MB/s':18s} {rates['raw_write']:10.0f} {rates['storage_write']:10.0f} {results['write_ratio']:7.2f}",
-        f"{'write CPU s':18s} {results['cpu_seconds']['raw_write']:10.1f} {results['cpu_seconds']['storage_write']:10.1f} "
-        f"{results['write_cpu_ratio']:7.2f}",
-        f"{'read MB/s':18s} {rates['raw_read']:10.0f} {rates['storage_read']:10.0f} {results['read_ratio']:7.2f}",
-        f"{'read dask MB/s':18s} {'':10s} {rates['storage_read_dask']:10.0f}",
-        f"{'torch items/s':18s} {'':10s} {results['torch_items_per_s']:10.0f}",
+        f"{raw_size / 1e6:.1f} MB stored (raw zarr), {version_size / 1e6:.1f} MB (storage version); medians of "
+        f"{args.repeats} after a warm-up, runs alternating. Target: storage write >= 0.8 x raw zarr.",
     ]
     logger.info("\n".join(table))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    logger.info("wrote %s", args.out)
+    out = write_results("storage", results, table, "Storage write / read speed next to raw zarr", out=args.out)
+    logger.info("wrote %s", out)
     return results
 
 

@@ -402,3 +402,34 @@ def test_mask_config_checks():
     _, anatomy, pathology, findings = toy_batch(2, size=SIZE)
     loss = model.training_loss(torch.from_numpy(anatomy).float(), torch.from_numpy(pathology).float(), findings, seed=0)
     assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_channels_last_sampling_matches_contiguous(toy, mask_model, image_model):
+    """The memory format is a speed setting only: same samples up to float rounding, weights unchanged."""
+    _, anatomy, pathology, findings = toy
+    weights = {k: v.clone() for k, v in image_model.unet.state_dict().items()}
+    plain = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE)
+    nhwc = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update={"channels_last": True}))
+    np.testing.assert_allclose(nhwc.images, plain.images, atol=1e-4)
+    assert any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in image_model.unet.parameters() if p.ndim == 4)
+    assert all(torch.equal(weights[k], v) for k, v in image_model.unet.state_dict().items())
+    plain_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK)
+    nhwc_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK.model_copy(update={"channels_last": True}))
+    np.testing.assert_allclose(nhwc_masks.soft, plain_masks.soft, atol=1e-4)
+    image_model.sample(anatomy[:1], pathology[:1], [4], FAST_IMAGE)  # back to contiguous weights
+    assert all(p.is_contiguous() for p in image_model.unet.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_sampling_matches_eager_and_saves_the_same(tmp_path, toy, image_model):
+    """torch.compile (Inductor on CPU here) gives the eager samples up to rounding; the saved model is the
+    plain one (no compiled wrapper in its state)."""
+    _, anatomy, pathology, _ = toy
+    eager = image_model.sample(anatomy[:2], pathology[:2], [4, 5], FAST_IMAGE)
+    compiled = image_model.sample(anatomy[:2], pathology[:2], [4, 5], FAST_IMAGE.model_copy(update={"compile": "default"}))
+    np.testing.assert_allclose(compiled.images, eager.images, atol=1e-3)
+    assert set(image_model._compiled) == {"default"}
+    image_model.save_pretrained(tmp_path / "i")
+    reloaded = ImageGenerator.from_pretrained(tmp_path / "i").sample(anatomy[:2], pathology[:2], [4, 5], FAST_IMAGE)
+    assert np.array_equal(reloaded.images, eager.images)
