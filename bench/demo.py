@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.record import markdown_table, write_results
+from bench.record import markdown_table, progress_logging, write_results
 from flows.config import load_config
 
 logger = logging.getLogger("bench.demo")
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     root = args.root or Path(tempfile.mkdtemp(prefix="aurad-bench-demo-"))
     config = load_config(args.profile, args.overrides, root=str(root))
     try:

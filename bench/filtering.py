@@ -37,7 +37,7 @@ from aurad_models.experts.xrv import (
     xrv_weights,
 )
 from aurad_models.phantom import PhantomConfig, generate_phantoms
-from bench.record import PeakMemory, device_name, markdown_table, median_seconds, write_results
+from bench.record import PeakMemory, device_name, markdown_table, median_seconds, progress_logging, write_results
 from flows.config import load_config
 from tasks.filtering import FilterConfig, FilterExperts, ImageStatsReference, filter_batch
 
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     for noisy in ("aurad_models", "tasks"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     device = torch.device(args.device)

@@ -25,7 +25,7 @@ from aurad_models.phantom import PhantomConfig, generate_phantoms
 
 logger = logging.getLogger(__name__)
 
-from bench.record import markdown_table, write_results
+from bench.record import markdown_table, progress_logging, write_results
 
 
 def _generate_chunk(seeds: list[int], size: int) -> int:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     rows = [phantom_images_per_second(size, args.n, w, args.repeats) for size in args.sizes for w in args.workers]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {"cpus": os.cpu_count(), "load_average_1min": load, "rows": rows}

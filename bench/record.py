@@ -3,7 +3,9 @@ writing results as JSON + a Markdown table to bench/results/."""
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
 import platform
 import statistics
@@ -93,8 +95,9 @@ def _synchronize() -> None:
 
 
 class PeakMemory:
-    """Peak memory while the block runs, in MiB: CUDA allocator peak on a GPU; on the CPU, resident set
-    size above what it was at entry, sampled every 5 ms by a thread (short spikes can be missed)."""
+    """Peak memory the block allocates, in MiB: the CUDA allocator's peak on a GPU; on the CPU, heap bytes
+    in use (glibc `mallinfo2`, where torch's CPU tensors live; else resident set size) above what was in
+    use at entry, sampled every 5 ms by a thread (allocations shorter than that can be missed)."""
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -107,16 +110,14 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
-            process = psutil.Process()
-            self._base = process.memory_info().rss
-            self._peak = self._base
-            self._thread = threading.Thread(target=self._watch, args=(process,), daemon=True)
+            self._base = self._peak = _cpu_bytes_in_use()
+            self._thread = threading.Thread(target=self._watch, daemon=True)
             self._thread.start()
         return self
 
-    def _watch(self, process: psutil.Process) -> None:
+    def _watch(self) -> None:
         while not self._stop.wait(0.005):
-            self._peak = max(self._peak, process.memory_info().rss)
+            self._peak = max(self._peak, _cpu_bytes_in_use())
 
     def __exit__(self, *exc: object) -> None:
         if self.device.startswith("cuda"):
@@ -126,6 +127,31 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.mib = (self._peak - self._base) / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _load_mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        function = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+_MALLINFO2 = _load_mallinfo2()
+
+
+def _cpu_bytes_in_use() -> int:
+    """Heap bytes allocated and not yet freed (small blocks + mmapped large ones), or the RSS."""
+    if _MALLINFO2 is not None:
+        info = _MALLINFO2()
+        return info.uordblks + info.hblkhd
+    return psutil.Process().memory_info().rss
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> list[str]:
@@ -156,3 +182,15 @@ def write_results(name: str, results: dict[str, Any], table: Sequence[str], titl
               f"`python -m bench {name}` writes this file and {out.name}.", ""]
     out.with_suffix(".md").write_text("\n".join([*header, *table]) + "\n")
     return out
+
+
+def progress_logging() -> None:
+    """Progress lines of the `bench.*` loggers on stderr (Prefect configures the root logger on import,
+    which makes `logging.basicConfig` a no-op)."""
+    bench = logging.getLogger("bench")
+    if not bench.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        bench.addHandler(handler)
+    bench.setLevel(logging.INFO)
+    bench.propagate = False

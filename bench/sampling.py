@@ -37,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from aurad_models.image_generator import ImageGenerator, ImageGeneratorConfig, ImageSamplingConfig
 from aurad_models.mask_generator import MaskGenerator, MaskGeneratorConfig, MaskSamplingConfig
 from aurad_models.phantom import PhantomConfig, generate_phantoms
-from bench.record import RESULTS, PeakMemory, bf16_peak_tflops, device_name, markdown_table, median_seconds, write_results
+from bench.record import RESULTS, PeakMemory, bf16_peak_tflops, device_name, markdown_table, median_seconds, progress_logging, write_results
 from flows.config import load_config
 
 logger = logging.getLogger("bench.sampling")
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--append", action="store_true", help="add the rows to the results file instead of replacing them")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     for noisy in ("aurad_models", "tasks"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     cpu = not args.device.startswith("cuda")

@@ -33,7 +33,7 @@ from storage.arrays import array_dir, array_layouts
 
 logger = logging.getLogger(__name__)
 
-from bench.record import write_results
+from bench.record import progress_logging, write_results
 N_PATHOLOGY, N_ANATOMY = 7, 14
 
 
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    progress_logging()
     logging.getLogger("storage").setLevel(logging.WARNING)
 
     spec = ArraySpec(image_size=args.size)

@@ -408,16 +408,17 @@ def test_channels_last_sampling_matches_contiguous(toy, mask_model, image_model)
     """The memory format is a speed setting only: same samples up to float rounding, weights unchanged."""
     _, anatomy, pathology, findings = toy
     weights = {k: v.clone() for k, v in image_model.unet.state_dict().items()}
-    plain = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE)
-    nhwc = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update={"channels_last": True}))
+    contiguous, nhwc_image = ({"channels_last": flag} for flag in (False, True))
+    plain = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update=contiguous))
+    nhwc = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update=nhwc_image))
     np.testing.assert_allclose(nhwc.images, plain.images, atol=1e-4)
     assert any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                for p in image_model.unet.parameters() if p.ndim == 4)
     assert all(torch.equal(weights[k], v) for k, v in image_model.unet.state_dict().items())
-    plain_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK)
-    nhwc_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK.model_copy(update={"channels_last": True}))
+    plain_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK.model_copy(update=contiguous))
+    nhwc_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK.model_copy(update=nhwc_image))
     np.testing.assert_allclose(nhwc_masks.soft, plain_masks.soft, atol=1e-4)
-    image_model.sample(anatomy[:1], pathology[:1], [4], FAST_IMAGE)  # back to contiguous weights
+    image_model.sample(anatomy[:1], pathology[:1], [4], FAST_IMAGE.model_copy(update=contiguous))  # back again
     assert all(p.is_contiguous() for p in image_model.unet.parameters())
 
 

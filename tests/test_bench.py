@@ -1,0 +1,42 @@
+"""The benchmark harness's own arithmetic: tables, peak memory, FLOP counts, results files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bench.record import PeakMemory, markdown_table, median_seconds
+
+
+def test_markdown_table_formats_rows():
+    lines = markdown_table([{"a": 1, "b": 0.123456, "c": None}, {"a": 2, "b": 12345.6}], {"a": "A", "b": "B", "c": "C"})
+    assert lines == ["| A | B | C |", "|---|---|---|", "| 1 | 0.123 | - |", "| 2 | 12346 | - |"]
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as memory:
+        block = np.ones(64 * 2**20, dtype=np.float32)  # 256 MiB, touched
+        block.sum()
+    assert 200 < memory.mib < 2000
+
+
+def test_median_seconds_skips_warmup_and_counts_repeats():
+    calls = []
+    median, runs = median_seconds(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and len(runs) == 3 and median == sorted(runs)[1]
+
+
+def test_sampling_bench_rows_and_flops_scale_with_steps(tmp_path):
+    from bench import sampling
+
+    out = tmp_path / "sampling.json"
+    sampling.main(["--architectures", "demo", "--models", "image", "--batches", "2", "--steps", "1", "2",
+                   "--repeats", "1", "--channels-last", "no", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["batch"], r["steps"]) for r in rows] == [("image", 2, 1), ("image", 2, 2)]
+    one, two = rows[0]["gflop_per_image"], rows[1]["gflop_per_image"]
+    assert one > 0.1 and abs(two / one - 2) < 0.02  # FLOPs are per UNet pass: linear in steps
+    assert all(r["images_per_s"] > 0 and r["fraction_of_peak"] is None for r in rows)  # no bf16 peak for a CPU
+    table = out.with_suffix(".md").read_text().splitlines()
+    assert sum(line.startswith("| demo | image | 64 | 2 |") for line in table) == 2
