@@ -15,7 +15,6 @@ from typing import Any, Callable
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 from tqdm import tqdm
 
@@ -26,6 +25,7 @@ from aurad_models.hashing import config_hash
 from aurad_models.registry import resolve_model
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from flows.runners import shard_task_runner
 from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_build, open_dataset, stage_version
 from tasks.filtering import ImageStatsReference, image_stats_reference_from_dataset
 from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard, generate_shard_task, resolve_device
@@ -146,16 +146,6 @@ def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion
 # --- the generation stage ------------------------------------------------------------------------
 
 
-def _task_runner(config: BuildConfig):
-    if config.task_runner == "dask":
-        from prefect_dask import DaskTaskRunner
-
-        if config.dask_address:
-            return DaskTaskRunner(address=config.dask_address)
-        return DaskTaskRunner(cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True})
-    return ThreadPoolTaskRunner(max_workers=config.workers)
-
-
 @flow(name="aurad-generate-shards")
 def generate_shards_flow(
     staged: StagedVersion,
@@ -203,7 +193,7 @@ def generate_shards_with_prefect(
     bank_version: str,
 ) -> list[ShardReport]:
     """The shard stage as a Prefect subflow on the configured task runner."""
-    runner_flow = generate_shards_flow.with_options(task_runner=_task_runner(config))
+    runner_flow = generate_shards_flow.with_options(task_runner=shard_task_runner(config))
     return runner_flow(staged, plans, models, reference, config, root, bank_version)
 
 

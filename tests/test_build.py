@@ -187,10 +187,8 @@ def test_unknown_model_id_is_a_clear_error(root):
         build_flow(tiny_build_config(root, mask_model="no-such-model"))
 
 
-@pytest.mark.slow
 def test_dask_local_cluster_builds_the_same_dataset_as_threads(published, root):
-    """Scaling out changes where shards run, not what they contain. Slow: it starts a 2-process Dask
-    cluster; in one fresh-clone CI run on a loaded machine it stalled, so it stays out of the fast suite."""
+    """Scaling out changes where shards run, not what they contain: 2 Dask worker processes."""
     from flows.build import build_flow
 
     first_root, first = published
@@ -200,3 +198,23 @@ def test_dask_local_cluster_builds_the_same_dataset_as_threads(published, root):
     b = open_dataset(root, result.dataset, result.version).to_pandas()
     for column in ("sample_id", "seed", "image_sha256", "masks_sha256", "accepted", "attempt_seeds"):
         assert a[column].tolist() == b[column].tolist(), column
+
+
+def test_dask_worker_check_accepts_the_same_code_and_explains_a_shadowed_package():
+    """An existing cluster is checked before any shard is submitted. Workers with memory spilling on
+    make a `storage/` folder first on their sys.path, which shadows this project's `storage` package in
+    an editable install: the check must say so instead of letting every task crash."""
+    import storage
+    from distributed import LocalCluster
+
+    from flows.runners import check_dask_workers
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, data=dict, dashboard_address=None) as cluster:
+        identities = check_dask_workers(cluster.scheduler_address)
+    assert [who["storage"] for who in identities.values()] == [storage.__file__]
+
+    editable = "site-packages" not in storage.__file__
+    if editable:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+            with pytest.raises(RuntimeError, match="cannot import aurad.*regular `pip install"):
+                check_dask_workers(cluster.scheduler_address)
