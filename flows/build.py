@@ -27,8 +27,9 @@ from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
 from flows.runners import shard_task_runner
 from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_build, open_dataset, stage_version
+from tasks.devices import resolve_device
 from tasks.filtering import ImageStatsReference, image_stats_reference_from_dataset
-from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard, generate_shard_task, resolve_device
+from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard, generate_shard_task
 from tasks.prompts import estimate_prior, sample_prompts, tilted_weights
 from tasks.quality import (
     GateResult,

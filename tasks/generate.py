@@ -16,11 +16,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +30,7 @@ from aurad_models.mask_generator import MaskGenerator, MaskSamplingConfig
 from aurad_models.pixels import to_stored
 from aurad_models.seeding import derive_seed
 from storage import StagedVersion, open_dataset
+from tasks.devices import candidate_devices, lease_device
 from tasks.filtering import FilterConfig, FilterExperts, FilterResult, ImageStatsReference, acceptance_report, filter_batch
 from tasks.prompts import PromptSamplerConfig
 from tasks.quality import GateResult, QualityConfig, anatomy_gate, anatomy_stats, image_gate, image_stats, mask_gate, mask_stats
@@ -99,6 +99,13 @@ class BuildModels:
     segmenter: ExpertChoice
     device: str
 
+    def on_device(self, device: str) -> "BuildModels":
+        """The same models placed on `device`; experts follow it unless their own device is pinned."""
+        def follow(choice: ExpertChoice) -> ExpertChoice:
+            return choice if choice.device not in (None, "auto", "cuda") else choice.model_copy(update={"device": device})
+
+        return replace(self, device=device, classifier=follow(self.classifier), segmenter=follow(self.segmenter))
+
 
 @dataclass
 class LoadedModels:
@@ -107,15 +114,10 @@ class LoadedModels:
     experts: FilterExperts
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=16)
 def load_models(models: BuildModels, filter_enabled: tuple[str, ...]) -> LoadedModels:
-    """Load a build's models once per process; every shard task in the process reuses them."""
+    """Load a build's models once per process and device; every shard task in the process reuses them
+    (one entry per GPU when the shards of one process spread over several)."""
     device = models.device
     experts = FilterExperts(
         classifier=load_pathology_expert(models.classifier, models.registry_root) if "classifier" in filter_enabled else None,
@@ -180,7 +182,22 @@ def generate_shard(
     bank_root: str,
     bank_version: str,
 ) -> ShardReport:
-    """Generate, filter, check and write one shard. Raises `QualityGateFailed` if a gate fails."""
+    """Generate, filter, check and write one shard on a device leased for it (tasks/devices.py).
+    Raises `QualityGateFailed` if a gate fails."""
+    with lease_device(candidate_devices(models.device)) as device:
+        return generate_shard_on_device(staged, plan, models.on_device(device), reference, config, bank_root, bank_version)
+
+
+def generate_shard_on_device(
+    staged: StagedVersion,
+    plan: ShardPlan,
+    models: BuildModels,
+    reference: ImageStatsReference,
+    config: BuildConfig,
+    bank_root: str,
+    bank_version: str,
+) -> ShardReport:
+    """`generate_shard` on `models.device` as it is."""
     from tasks.quality import raise_on_failure
 
     seconds: dict[str, float] = {}
