@@ -58,6 +58,7 @@ class BuildResult(BaseModel):
     quotas: dict[str, Any]
     report: str
     already_published: bool = False
+    seconds: dict[str, float] = {}  # wall time of the build's steps; `shard_tasks` sums the shard task bodies
 
 
 # --- inputs --------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.
 def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion, bank: DatasetVersion) -> str:
     """Same settings, models and inputs -> same build id (resume); anything else -> a new build."""
     identity = {
-        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device"}),
+        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device", "gpu_concurrency_limit"}),
         "mask_model": models.mask_model_id,
         "image_model": models.image_model_id,
         "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
@@ -241,7 +242,12 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
     pending = sorted(set(range(staged.n_shards)) - finished)
     logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))
     plans = plan_shards(config, prompts, bank, staged, pending)
+    seconds = {"inputs_and_prompts": time.perf_counter() - started}
+    tick = time.perf_counter()
     reports = shard_stage(staged, plans, models, reference, config, root, bank.version) if plans else []
+    seconds["shards"] = time.perf_counter() - tick
+    seconds["shard_tasks"] = sum(r.seconds["total"] for r in reports)
+    tick = time.perf_counter()
 
     # 4. Dataset-level gates and quotas on the staged manifest; nothing is published if one fails.
     manifest = staged.read_manifest().to_pandas()
@@ -259,6 +265,8 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
 
     # 5. Publish atomically.
     version = staged.publish(lineage)
+    seconds["gates_and_publish"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
     logger.info("published %s/%s: %d samples, %d accepted (%.0f s)", config.dataset, version, len(manifest),
                 int(manifest["accepted"].sum()), time.perf_counter() - started)
     return BuildResult(
@@ -271,6 +279,7 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
         reused_shards=sorted(finished),
         quotas=quotas,
         report=f"{open_dataset(root, config.dataset, version).path}/{report_path}",
+        seconds={k: round(v, 3) for k, v in seconds.items()},
     )
 
 

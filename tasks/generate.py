@@ -84,6 +84,10 @@ class BuildConfig(BaseModel):
     task_runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
     dask_address: str | None = Field(None, description="a Dask scheduler address; None starts a LocalCluster")
+    gpu_concurrency_limit: str | None = Field(
+        None, description="a Prefect global concurrency limit each shard task holds one slot of while it runs (caps "
+        "GPU shards across machines; create it first: `prefect gcl create gpu --limit N`). None: no limit; a machine "
+        "still runs one shard per GPU (tasks/devices.py)")
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ def generate_shard_on_device(
     from tasks.quality import raise_on_failure
 
     seconds: dict[str, float] = {}
-    tick = time.perf_counter()
+    began = tick = time.perf_counter()
     loaded = load_models(models, config.filter.enabled())
     seconds["load_models"] = time.perf_counter() - tick
     n = len(plan.prompts)
@@ -263,6 +267,7 @@ def generate_shard_on_device(
     ]
     staged.write_shard(plan.shard, to_stored(images), pathology, anatomy, rows)
     seconds["write"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - began
     results = [s.result for s in slots]
     return ShardReport(
         shard=plan.shard,
@@ -331,7 +336,7 @@ def _json_dumps(data: Any) -> str:
     return json.dumps(data, indent=1, default=str)
 
 
-@task(name="generate-shard", tags=["gpu"], retries=0)
+@task(name="generate-shard", retries=0)
 def generate_shard_task(
     staged: StagedVersion,
     plan: ShardPlan,
@@ -341,4 +346,12 @@ def generate_shard_task(
     bank_root: str,
     bank_version: str,
 ) -> ShardReport:
-    return generate_shard(staged, plan, models, reference, config, bank_root, bank_version)
+    """One shard, holding a slot of `config.gpu_concurrency_limit` when one is named. (Not a task tag:
+    every tagged task run asks the server for tag limits, which stalled shard tasks by ~2 s here even with
+    no limit defined; bench/results/orchestration.md.)"""
+    if config.gpu_concurrency_limit is None:
+        return generate_shard(staged, plan, models, reference, config, bank_root, bank_version)
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(config.gpu_concurrency_limit, occupy=1, strict=True):
+        return generate_shard(staged, plan, models, reference, config, bank_root, bank_version)

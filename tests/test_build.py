@@ -218,3 +218,21 @@ def test_dask_worker_check_accepts_the_same_code_and_explains_a_shadowed_package
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
             with pytest.raises(RuntimeError, match="cannot import aurad.*regular `pip install"):
                 check_dask_workers(cluster.scheduler_address)
+
+
+def test_shard_tasks_hold_a_named_gpu_concurrency_limit_and_a_missing_one_is_a_clear_error(root):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.build import build_flow
+
+    with pytest.raises(Exception, match="no-such-limit"):
+        build_flow(tiny_build_config(root, gpu_concurrency_limit="no-such-limit"))
+    assert published_versions(root, "synthetic") == []
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="aurad-test-gpu", limit=1))
+        result = build_flow(tiny_build_config(root, gpu_concurrency_limit="aurad-test-gpu"))
+        limit = client.read_global_concurrency_limit_by_name("aurad-test-gpu")
+    assert result.generated_shards and published_versions(root, "synthetic") == [result.version]
+    assert limit.active_slots == 0  # every shard gave its slot back
