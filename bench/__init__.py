@@ -4,5 +4,6 @@ and <name>.md (a table).
     python -m bench                      phantom, storage, sampling, filtering (about 25 minutes on 2 cores)
     python -m bench orchestration demo   by name: the 2,000-sample build twice (~10 min), the demo (~16 min)
     python -m bench quality              trains both generators, then measures mask and image quality
+    python -m bench samplers             speed and quality per sampler and step count (needs `aurad demo` first)
     python -m bench.<name> --help        a benchmark's own options (device, grid, repeats)
 """

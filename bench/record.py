@@ -48,6 +48,16 @@ def bf16_peak_tflops(device: str) -> float | None:
     return next((peak for fragment, peak in BF16_PEAK_TFLOPS.items() if fragment in name), None)
 
 
+def bf16_matmul_tflops(device: str, n: int = 8192, repeats: int = 10) -> float | None:
+    """The rate a large bf16 matrix product reaches on this GPU (TFLOP/s): the practical ceiling a UNet's
+    fraction of peak is read against (an H200 reached 769-798 of its 989 data-sheet TFLOP/s). None on CPUs."""
+    if not device.startswith("cuda"):
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    seconds, _ = median_seconds(lambda: a @ a, repeats=repeats, warmup=3)
+    return 2 * n**3 / seconds / 1e12
+
+
 def machine() -> dict[str, Any]:
     """Where the figures were measured (a figure means little without it)."""
     cuda = torch.cuda.is_available()

@@ -14,6 +14,8 @@ on the weights. Inputs are phantom anatomy and findings at the model's size. One
 FLOPs: `torch.utils.flop_counter.FlopCounterMode` over one eager `sample()` of one image with the same
 steps and guidance counts 2 x multiply-adds of every convolution, matmul and attention call (norms,
 activations and the scheduler's arithmetic are not counted, so achieved figures are conservative).
+Divided by the UNet passes per image (steps, x2 with guidance != 1) it is the FLOPs of one UNet forward
+at batch 1 ('GFLOP/forward'; a batch of B costs B times that).
 Achieved TFLOP/s = FLOPs per image x images/s, set against the GPU's dense bf16 peak (bench/record.py);
 on a CPU there is no peak figure, only the achieved rate.
 """
@@ -37,8 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from aurad_models.image_generator import ImageGenerator, ImageGeneratorConfig, ImageSamplingConfig
 from aurad_models.mask_generator import MaskGenerator, MaskGeneratorConfig, MaskSamplingConfig
 from aurad_models.phantom import PhantomConfig, generate_phantoms
-from bench.record import RESULTS, PeakMemory, bf16_peak_tflops, device_name, markdown_table, median_seconds, progress_logging, write_results
-from flows.config import load_config
+from bench.record import RESULTS, PeakMemory, bf16_matmul_tflops, bf16_peak_tflops, device_name, markdown_table, median_seconds, progress_logging, write_results
+from flows.profiles import read_profile
 
 logger = logging.getLogger("bench.sampling")
 
@@ -62,11 +64,13 @@ def workload(size: int, n: int = 16) -> Workload:
 
 
 def build_models(architecture: str, device: str) -> tuple[MaskGenerator, ImageGenerator]:
-    """Both generators as the profile configures them, seeded random weights, on `device`."""
-    train = load_config(architecture).train
+    """Both generators as the profile configures them, seeded random weights, on `device`. (Read from the
+    profile's YAML alone, so this benchmark needs no Prefect, zarr or great-expectations: a GPU machine
+    runs it with torch, diffusers and pydantic.)"""
+    train = read_profile(architecture).get("train", {})
     torch.manual_seed(0)
-    mask = MaskGenerator(MaskGeneratorConfig.model_validate(train.mask_generator.model_dump()))
-    image = ImageGenerator(ImageGeneratorConfig.model_validate(train.image_generator.model_dump()))
+    mask = MaskGenerator(MaskGeneratorConfig.model_validate(train.get("mask_generator", {})))
+    image = ImageGenerator(ImageGeneratorConfig.model_validate(train.get("image_generator", {})))
     return mask.to(device).eval(), image.to(device).eval()
 
 
@@ -83,6 +87,17 @@ def flops_per_image(kind: str, mask: MaskGenerator, image: ImageGenerator, input
     with FlopCounterMode(display=False) as counter:
         sampler(kind, mask, image, inputs, 1, eager)()
     return counter.get_total_flops()
+
+
+def attention_kernel(generator: MaskGenerator | ImageGenerator) -> str:
+    """How the UNet's attention layers run: 'sdpa' (torch's fused scaled_dot_product_attention, which
+    picks flash / memory-efficient kernels on GPUs), another processor's name, or 'none' without attention."""
+    from diffusers.models.attention_processor import Attention
+
+    processors = {type(m.processor).__name__ for m in generator.unet.modules() if isinstance(m, Attention)}
+    if not processors:
+        return "none"
+    return "sdpa" if processors == {"AttnProcessor2_0"} else "+".join(sorted(processors))
 
 
 def largest_batch(run_at: Callable[[int], Callable[[], Any]], start: int = 8, limit: int = 1024) -> int:
@@ -103,7 +118,7 @@ def largest_batch(run_at: Callable[[int], Callable[[], Any]], start: int = 8, li
 
 def measure(kind: str, architecture: str, mask: MaskGenerator, image: ImageGenerator, inputs: Workload,
             device: str, batch: int, steps: int, repeats: int, speed: dict[str, Any], guidance: float,
-            scheduler: str) -> dict[str, Any]:
+            scheduler: str, matmul_ceiling: float | None = None) -> dict[str, Any]:
     config_class = MaskSamplingConfig if kind == "mask" else ImageSamplingConfig
     sampling = config_class(scheduler=scheduler, num_inference_steps=steps, guidance_scale=guidance,
                             batch_size=batch, **speed)
@@ -112,6 +127,7 @@ def measure(kind: str, architecture: str, mask: MaskGenerator, image: ImageGener
         first = median_seconds(run, repeats=1, warmup=0)[0]  # warm-up (and compilation)
         seconds, runs = median_seconds(run, repeats, warmup=0)
     flops = flops_per_image(kind, mask, image, inputs, sampling)
+    forwards = steps * (1 if guidance == 1.0 else 2)  # UNet passes per image
     images_per_s = batch / seconds
     peak = bf16_peak_tflops(device)
     achieved = flops * images_per_s / 1e12
@@ -121,8 +137,12 @@ def measure(kind: str, architecture: str, mask: MaskGenerator, image: ImageGener
         "mixed_precision": speed["mixed_precision"] if device.startswith("cuda") else "no",
         "first_run_s": round(first, 3), "seconds": round(seconds, 4), "runs_s": [round(t, 4) for t in runs],
         "images_per_s": round(images_per_s, 3), "ms_per_image_step": round(seconds / batch / steps * 1000, 3),
-        "gflop_per_image": round(flops / 1e9, 2), "achieved_tflops": round(achieved, 4),
+        "gflop_per_image": round(flops / 1e9, 2), "unet_forwards": forwards,
+        "gflop_per_forward": round(flops / forwards / 1e9, 3), "attention": attention_kernel(mask if kind == "mask" else image),
+        "achieved_tflops": round(achieved, 4),
         "bf16_peak_tflops": peak, "fraction_of_peak": round(achieved / peak, 4) if peak else None,
+        "bf16_matmul_tflops": round(matmul_ceiling, 1) if matmul_ceiling else None,
+        "fraction_of_matmul": round(achieved / matmul_ceiling, 4) if matmul_ceiling else None,
         "peak_memory_mib": round(memory.mib, 1),
     }
 
@@ -150,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # On a CPU the 256 px production UNet needs seconds per image and step: a small grid says enough.
     default_batches = {"demo": ["1", "16", "64"], "production": ["2"]} if cpu else {}
     formats = {"no": [False], "yes": [True], "both": [False, True]}[args.channels_last]
+    ceiling = bf16_matmul_tflops(args.device)
+    if ceiling:
+        logger.info("bf16 matrix product ceiling on %s: %.0f TFLOP/s", device_name(args.device), ceiling)
 
     rows = []
     for architecture in args.architectures:
@@ -171,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         for compile_mode in args.compile:
                             speed = {"mixed_precision": args.precision, "channels_last": channels_last, "compile": compile_mode}
                             row = measure(kind, architecture, mask, image, inputs, args.device, batch, steps,
-                                          args.repeats, speed, args.guidance, args.scheduler)
+                                          args.repeats, speed, args.guidance, args.scheduler, ceiling)
                             logger.info("%s %s %dpx batch %d, %d steps, %s: %.2f images/s, %.1f GFLOP/image, %.3f TFLOP/s, %.0f MiB",
                                         architecture, kind, row["size"], batch, steps,
                                         f"channels_last={channels_last} compile={compile_mode}", row["images_per_s"],
@@ -182,8 +205,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows = json.loads(out.read_text())["rows"] + rows
     columns = {"architecture": "arch", "model": "model", "size": "px", "batch": "batch", "steps": "steps",
                "scheduler": "sampler", "guidance": "guidance", "mixed_precision": "precision", "channels_last": "NHWC", "compile": "compile", "images_per_s": "images/s",
-               "ms_per_image_step": "ms/image/step", "first_run_s": "first run s", "gflop_per_image": "GFLOP/image",
-               "achieved_tflops": "TFLOP/s", "fraction_of_peak": "of bf16 peak", "peak_memory_mib": "peak MiB"}
+               "ms_per_image_step": "ms/image/step", "first_run_s": "first run s", "gflop_per_image": "GFLOP/image", "gflop_per_forward": "GFLOP/forward", "attention": "attention",
+               "achieved_tflops": "TFLOP/s", "fraction_of_peak": "of bf16 peak", "fraction_of_matmul": "of bf16 matmul", "peak_memory_mib": "peak MiB"}
     table = markdown_table(rows, columns)
     table += ["", "Medians of the timed runs (in the JSON) after a warm-up run ('first run s', which pays any "
               "compilation). Guidance other than 1 runs two UNet passes per step. Precision applies on CUDA only "

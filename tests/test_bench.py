@@ -37,6 +37,18 @@ def test_sampling_bench_rows_and_flops_scale_with_steps(tmp_path):
     assert [(r["model"], r["batch"], r["steps"]) for r in rows] == [("image", 2, 1), ("image", 2, 2)]
     one, two = rows[0]["gflop_per_image"], rows[1]["gflop_per_image"]
     assert one > 0.1 and abs(two / one - 2) < 0.02  # FLOPs are per UNet pass: linear in steps
+    assert abs(rows[0]["gflop_per_forward"] - one) < 0.01 and abs(rows[1]["gflop_per_forward"] - one) < 0.01
+    assert rows[0]["attention"] == "none"  # the demo UNets have no attention layers
     assert all(r["images_per_s"] > 0 and r["fraction_of_peak"] is None for r in rows)  # no bf16 peak for a CPU
     table = out.with_suffix(".md").read_text().splitlines()
     assert sum(line.startswith("| demo | image | 64 | 2 |") for line in table) == 2
+
+
+def test_attention_layers_run_torch_sdpa():
+    """The UNets with attention (quality, production) run torch's fused scaled_dot_product_attention,
+    which picks flash / memory-efficient kernels on a GPU."""
+    from aurad_models.image_generator import ImageGenerator, ImageGeneratorConfig
+    from bench.sampling import attention_kernel
+
+    generator = ImageGenerator(ImageGeneratorConfig(image_size=32, block_out_channels=(8, 16), attention=True, norm_num_groups=4))
+    assert attention_kernel(generator) == "sdpa"
