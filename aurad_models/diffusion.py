@@ -94,8 +94,9 @@ class SamplingNetwork:
 def sampling_network(unet: nn.Module, channels_last: bool, compile_mode: CompileMode,
                      compiled: dict[str, Callable[..., object]]) -> SamplingNetwork:
     """The UNet set up for sampling: channels-last weights (NHWC convolutions; tensor-core friendly on GPUs)
-    and `torch.compile` (Inductor kernels; 'reduce-overhead' adds CUDA graphs). Compiling costs about a
-    minute per UNet and input shape (measured in bench/results/sampling.md), so it pays on long builds only.
+    and `torch.compile` (Inductor kernels; 'reduce-overhead' adds CUDA graphs). Compiling costs 7-30 s per
+    UNet and input shape on 2 CPU cores, where the compiled UNet is no faster than eager channels-last
+    (bench/results/sampling.md); on GPUs it is measured by bench/gpu.sh.
     `compiled` caches the compiled wrappers per mode (one per generator)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     unet.to(memory_format=memory_format)

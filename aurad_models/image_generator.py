@@ -107,7 +107,7 @@ class ImageSamplingConfig(BaseModel):
     mixed_precision: MixedPrecision = Field("bf16", description="autocast dtype on CUDA; CPU always runs float32")
     channels_last: bool = Field(True, description="NHWC weights and inputs: tensor-core friendly on GPUs, and 1.15x "
                                 "faster on this project's CPU (bench/results/sampling.md)")
-    compile: CompileMode = Field("no", description="torch.compile the UNet: about a minute per input shape, pays on long builds")
+    compile: CompileMode = Field("no", description="torch.compile the UNet ('reduce-overhead' adds CUDA graphs): 7-30 s per input shape and no faster on this project's CPU (bench/results/sampling.md); for GPUs, measure with bench/gpu.sh")
 
 
 @dataclass
