@@ -52,3 +52,22 @@ def test_attention_layers_run_torch_sdpa():
 
     generator = ImageGenerator(ImageGeneratorConfig(image_size=32, block_out_channels=(8, 16), attention=True, norm_num_groups=4))
     assert attention_kernel(generator) == "sdpa"
+
+
+def test_samplers_bench_scores_each_sampler_against_the_reference(tmp_path):
+    """On a tiny trained world: the reference row matches itself exactly, another sampler does not, and a
+    root without models is a clear error."""
+    import pytest
+
+    from bench import samplers
+    from bench.world import make_build_world
+
+    world = make_build_world(tmp_path / "world")
+    out = tmp_path / "samplers.json"
+    samplers.main(["--root", str(world), "--n", "6", "--grid", "ddim:4", "dpm-solver++:2", "--out", str(out)])
+    reference, other = json.loads(out.read_text())["rows"]
+    assert reference["reference"] and reference["mask_dice_to_reference"] == 1.0 and reference["image_mad_to_reference"] == 0.0
+    assert not other["reference"] and other["image_mad_to_reference"] > 0
+    assert all(np.isfinite(r["image_fd_to_real"]) and r["image_images_per_s"] > 0 for r in (reference, other))
+    with pytest.raises(SystemExit, match="aurad demo"):
+        samplers.main(["--root", str(tmp_path / "empty"), "--out", str(out)])
