@@ -268,7 +268,7 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
     seconds["gates_and_publish"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     logger.info("published %s/%s: %d samples, %d accepted (%.0f s)", config.dataset, version, len(manifest),
-                int(manifest["accepted"].sum()), time.perf_counter() - started)
+                int(manifest["accepted"].sum()), seconds["total"])
     return BuildResult(
         dataset=config.dataset,
         version=version,
