@@ -45,6 +45,7 @@ from aurad_models.diffusion import (
     autocast,
     denoise,
     eager_network,
+    min_snr_weights,
     per_sample_noise,
     sampling_network,
     sampling_scheduler,
@@ -86,6 +87,7 @@ class ImageGeneratorConfig(BaseModel):
     pathology_dropout: float = Field(0.1, ge=0, le=1, description="chance all pathology is dropped")
     pathology_channel_dropout: float = Field(0.05, ge=0, le=1, description="chance each pathology channel is dropped")
     pathology_loss_weight: float = Field(2.0, ge=0, description="extra loss weight on pixels inside pathology masks")
+    snr_gamma: float | None = Field(5.0, gt=0, description="Min-SNR-gamma loss weighting of the timesteps (None: uniform)")
 
     @model_validator(mode="after")
     def _check_shapes(self) -> "ImageGeneratorConfig":
@@ -206,7 +208,8 @@ class ImageGenerator(nn.Module):
         output = self._predict(noisy, t, masks, flags)
         target = training_target(self.noise_scheduler, x0, noise, t)
         weight = 1.0 + self.config.pathology_loss_weight * (masks[:, N_ANATOMY:] > 0).any(dim=1, keepdim=True).float()
-        return (weight * (output.float() - target) ** 2).mean()
+        per_sample = (weight * (output.float() - target) ** 2).mean(dim=(1, 2, 3))
+        return (min_snr_weights(self.noise_scheduler, t, self.config.snr_gamma) * per_sample).mean()
 
     @torch.no_grad()
     def sample(

@@ -25,7 +25,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from aurad_models.experts.trained import AnatomySegmenter, PathologyClassifier, TrainedAnatomyExpert, TrainedPathologyExpert
+from aurad_models.experts.trained import (
+    AnatomySegmenter,
+    LesionSegmenter,
+    PathologyClassifier,
+    TrainedAnatomyExpert,
+    TrainedLesionExpert,
+    TrainedPathologyExpert,
+)
 from aurad_models.experts.xrv import (
     DEFAULT_CLASSIFIER_WEIGHTS,
     DEFAULT_SEGMENTER_WEIGHTS,
@@ -45,15 +52,19 @@ logger = logging.getLogger("bench.filtering")
 
 
 def project_experts(size: int, device: torch.device, profile: str = "demo") -> FilterExperts:
-    """The profile's classifier and segmenter architectures at `size`, seeded random weights."""
+    """The profile's classifier and segmenter architectures at `size`, seeded random weights (the fidelity
+    expert without calibration: it scores every sample and rejects none)."""
     training = load_config(profile).experts.training
     torch.manual_seed(0)
     c, s = training.classifier, training.segmenter
     classifier = PathologyClassifier(image_size=size, init_features=c.init_features, growth_rate=c.growth_rate,
                                      block_config=c.block_config, dropout_prob=c.dropout_prob)
     segmenter = AnatomySegmenter(image_size=size, channels=s.channels, strides=s.strides, num_res_units=s.num_res_units)
+    lesions = training.lesion_segmenter
+    lesion = LesionSegmenter(image_size=size, channels=lesions.channels, strides=lesions.strides)
     return FilterExperts(TrainedPathologyExpert(classifier, "bench", device=device),
-                         TrainedAnatomyExpert(segmenter, "bench", device=device))
+                         TrainedAnatomyExpert(segmenter, "bench", device=device),
+                         TrainedLesionExpert(lesion, "bench", device=device))
 
 
 def xrv_experts(device: torch.device) -> FilterExperts:
@@ -72,7 +83,7 @@ def measure(stack: str, experts: FilterExperts, size: int, n: int, repeats: int,
     batch = generate_phantoms(range(n), PhantomConfig(size=size))
     images = batch.images.astype(np.float32)
     reference = ImageStatsReference.from_images(images)
-    config = FilterConfig()
+    config = FilterConfig(fidelity={"enabled": experts.fidelity is not None})
     stages = {
         "classifier": lambda: experts.classifier.predict(images),
         "anatomy segmenter": lambda: experts.anatomy.segment(images),

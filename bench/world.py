@@ -17,8 +17,8 @@ from aurad_models.mask_generator import MaskGeneratorConfig, MaskSamplingConfig
 from aurad_models.phantom import PhantomBatch, PhantomConfig, generate_phantoms
 from aurad_models.pixels import to_stored
 from storage import ArraySpec, stage_version
-from tasks.experts import ClassifierTrainingConfig, SegmenterTrainingConfig, SourceRef
-from tasks.experts import train_and_register_classifier, train_and_register_segmenter
+from tasks.experts import ClassifierTrainingConfig, LesionSegmenterTrainingConfig, SegmenterTrainingConfig, SourceRef
+from tasks.experts import train_and_register_classifier, train_and_register_lesion_segmenter, train_and_register_segmenter
 from tasks.filtering import FilterConfig
 from tasks.generate import BuildConfig
 from tasks.quality import QualityConfig
@@ -97,12 +97,13 @@ TINY_TRAINING = TrainingConfig(steps=12, batch_size=8, checkpoint_every=1000, n_
 
 def make_build_world(root: Path) -> Path:
     """Publish `phantom` (train/val/test) and `anatomy-bank` (exact phantom anatomy), train and register
-    a classifier, a segmenter and both generators under `root`."""
+    a classifier, an anatomy segmenter, a lesion segmenter and both generators under `root`."""
     write_phantom_version(root, {"train": 48, "val": 16, "test": 16}, SIZE, shard_size=40)
     write_phantom_version(root, {"unlabelled": 32}, SIZE, dataset="anatomy-bank", shard_size=32, first_seed=5000)
     source = SourceRef(root=str(root), dataset="phantom")
     train_and_register_classifier(source, root, ClassifierTrainingConfig(steps=6, batch_size=8), device="cpu")
     train_and_register_segmenter(source, root, SegmenterTrainingConfig(steps=6, batch_size=8), device="cpu")
+    train_and_register_lesion_segmenter(source, root, LesionSegmenterTrainingConfig(max_steps=6, eval_every=3, batch_size=8))
     train_from_dataset("mask-generator", root, "phantom", "latest", MaskGeneratorConfig(**TINY_UNET), TINY_TRAINING, val_split=None)
     train_from_dataset("image-generator", root, "phantom", "latest", ImageGeneratorConfig(**TINY_UNET), TINY_TRAINING, val_split=None)
     return root
@@ -123,9 +124,12 @@ def tiny_build_config(root: Path, **changes) -> BuildConfig:
             "classifier": {"min_auroc": 0.99},
             "anatomy": {"dice_threshold": 0.0},
             "image_stats": {"margin": 50.0},
+            "fidelity": {"min_expert_dice": 1.01},
         }),
-        quality=QualityConfig(min_acceptance_rate=0.0, mask_mostly=0.0, image_mostly=0.0, frequency_tolerance=0.5),
+        quality=QualityConfig(min_acceptance_rate=0.0, mask_mostly=0.0, image_mostly=0.0, frequency_tolerance=0.5,
+                              min_class_coverage=0.0),
         max_tries=2,
+        prompt_redraws=1,
         device="cpu",
     )
     return config.model_copy(update=changes)

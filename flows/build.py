@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from aurad_models.anatomy_rules import cardiothoracic_ratio
-from aurad_models.experts import ANATOMY_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, resolve_choice
+from aurad_models.experts import ANATOMY_SEGMENTER_KIND, LESION_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, resolve_choice
 from aurad_models.findings import Finding
 from aurad_models.hashing import config_hash
 from aurad_models.registry import resolve_model
@@ -30,10 +30,12 @@ from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_bui
 from tasks.devices import resolve_device
 from tasks.filtering import ImageStatsReference, image_stats_reference_from_dataset
 from tasks.generate import BuildConfig, BuildModels, ShardPlan, ShardReport, generate_shard, generate_shard_task
-from tasks.prompts import estimate_prior, sample_prompts, tilted_weights
+from tasks.prompts import FindingPrior, estimate_prior, redraw_attributes, sample_prompts, tilted_weights
 from tasks.quality import (
     GateResult,
     QualityGateFailed,
+    accepted_frequencies,
+    coverage_gate,
     manifest_gate,
     prompt_gate,
     raise_on_failure,
@@ -71,6 +73,7 @@ def resolve_models(config: BuildConfig, root: str) -> BuildModels:
     enabled = config.filter.enabled()
     classifier = resolve_choice(config.classifier, PATHOLOGY_CLASSIFIER_KIND, root) if "classifier" in enabled else config.classifier
     segmenter = resolve_choice(config.segmenter, ANATOMY_SEGMENTER_KIND, root) if "anatomy" in enabled else config.segmenter
+    fidelity = resolve_choice(config.fidelity, LESION_SEGMENTER_KIND, root) if "fidelity" in enabled else config.fidelity
     return BuildModels(
         registry_root=str(root),
         mask_model_id=mask.id,
@@ -79,6 +82,7 @@ def resolve_models(config: BuildConfig, root: str) -> BuildModels:
         image_model_dir=str(image.path),
         classifier=classifier,
         segmenter=segmenter,
+        fidelity=fidelity,
         device=resolve_device(config.device),
     )
 
@@ -90,9 +94,12 @@ def label_targets(config: BuildConfig, prior) -> dict[str, float]:
 
 
 def plan_shards(
-    config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int]
+    config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int],
+    prior: FindingPrior | None = None,
 ) -> list[ShardPlan]:
-    """Pair every slot with a prompt and an accepted anatomy-bank sample that fits it.
+    """Pair every slot with a prompt and an accepted anatomy-bank sample that fits it, and draw the prompts a
+    slot tries when its first one keeps being rejected (`config.prompt_redraws`: the same findings with
+    attributes drawn again from `prior`, seeded by the slot's index, so a resumed shard draws the same).
 
     Cardiomegaly is a finding of the anatomy itself (an enlarged heart), so prompts with cardiomegaly draw
     anatomy whose cardiothoracic ratio exceeds `config.cardiomegaly_ctr`, and the others draw normal hearts.
@@ -121,7 +128,13 @@ def plan_shards(
     plans = []
     for k in shards:
         start, stop = staged.shard_bounds(k)
-        plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist()))
+        redraws = [
+            [redraw_attributes(prompts[i], prior, config.prompts, derive_seed(config.seed, "redraw", i, r)) if prior else prompts[i]
+             for r in range(config.prompt_redraws)]
+            for i in range(start, stop)
+        ]
+        plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist(),
+                               redraws=redraws))
     return plans
 
 
@@ -139,6 +152,7 @@ def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion
         "image_model": models.image_model_id,
         "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
         "segmenter": models.segmenter.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "fidelity": models.fidelity.model_dump(mode="json", exclude={"device", "batch_size"}),
         "source": f"{source.name}/{source.version}",
         "bank": f"{bank.name}/{bank.version}",
     }
@@ -241,7 +255,7 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
     finished = staged.finished_shards()
     pending = sorted(set(range(staged.n_shards)) - finished)
     logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))
-    plans = plan_shards(config, prompts, bank, staged, pending)
+    plans = plan_shards(config, prompts, bank, staged, pending, prior)
     seconds = {"inputs_and_prompts": time.perf_counter() - started}
     tick = time.perf_counter()
     reports = shard_stage(staged, plans, models, reference, config, root, bank.version) if plans else []
@@ -251,10 +265,13 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
 
     # 4. Dataset-level gates and quotas on the staged manifest; nothing is published if one fails.
     manifest = staged.read_manifest().to_pandas()
+    frequencies = accepted_frequencies(manifest, targets)
     gates = [prompts_gate, manifest_gate(manifest, config.quality)]
+    if config.quality.min_class_coverage > 0:
+        gates.append(coverage_gate(frequencies, config.quality))
     quotas = quota_report(manifest, config)
     lineage = _lineage(config, models, source, bank, build_id, targets, reports, quotas, started)
-    report_path = _write_quality(staged, gates, manifest, targets, reports, quotas, config)
+    report_path = _write_quality(staged, gates, manifest, frequencies, reports, quotas, config)
     if config.quotas.required and not quotas["met"]:
         gates.append(GateResult("quotas", False, [f"quota missed: {m}" for m in quotas["missed"]], {}, len(manifest)))
     try:
@@ -309,13 +326,14 @@ def _acceptance(manifest) -> dict[str, Any]:
     }
 
 
-def _write_quality(staged, gates, manifest, targets, reports, quotas, config) -> str:
-    """GE results, a readable gate page, the build report: all inside the version before it is published."""
+def _write_quality(staged, gates, manifest, accepted, reports, quotas, config) -> str:
+    """GE results, a readable gate page, the build report: all inside the version before it is published.
+    Finding frequencies count *accepted* samples (`accepted`: `tasks.quality.accepted_frequencies`)."""
     shard_gates = [g for r in reports for g in r.gates]
     staged.write_file("quality/gates.json", json.dumps([g.to_json() for g in gates], indent=1, default=str))
     staged.write_file("quality/gates.html", render_quality_html(gates, f"{config.dataset}: data-quality gates"))
-    produced = {label: float(manifest["findings"].map(lambda fs: any(f["label"] == label for f in fs)).mean()) for label in PATHOLOGIES}
-    frequencies = [{"label": k, "target": targets[k], "produced": produced[k]} for k in PATHOLOGIES]
+    frequencies = [{"label": r["label"], "target": r["target"], "produced": r["accepted_share"], "accepted": r["accepted"],
+                    "prompted": r["prompted"], "coverage": r["coverage"]} for r in accepted.to_dict(orient="records")]
     acceptance = _acceptance(manifest)
     staged.write_file("quality/build.json", json.dumps({"frequencies": frequencies, "acceptance": acceptance, "quotas": quotas,
                                                        "shards": [r.__dict__ for r in reports]}, indent=1, default=str))
@@ -353,9 +371,10 @@ def _lineage(config, models, source, bank, build_id, targets, reports, quotas, s
             "image_generator": {"id": models.image_model_id, "sha256": _resolve(models.registry_root, IMAGE_GENERATOR_KIND, models.image_model_id, verify=False).sha256},
             "classifier": models.classifier.model_dump(mode="json"),
             "segmenter": models.segmenter.model_dump(mode="json"),
+            "fidelity": models.fidelity.model_dump(mode="json"),
         },
         "inputs": {"source": f"{source.name}/{source.version}", "anatomy_bank": f"{bank.name}/{bank.version}"},
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "finding_targets": targets,
         "quotas": quotas,
         "stages": {"shards": [{"shard": r.shard, "accepted": r.accepted, "seconds": r.seconds} for r in reports]},
@@ -363,7 +382,7 @@ def _lineage(config, models, source, bank, build_id, targets, reports, quotas, s
     }
 
 
-def _code_version() -> dict[str, str | None]:
+def code_version() -> dict[str, str | None]:
     import subprocess
     from importlib.metadata import version
     from pathlib import Path

@@ -78,21 +78,47 @@ def demo(
     root: Optional[str] = typer.Option(None, "--root", "-r", help="storage root (default: ./aurad-data)"),
     profile: str = ProfileOption,
     set_: Optional[list[str]] = SetOption,
+    retrain: bool = typer.Option(False, "--retrain", help="train the experts and generators from scratch instead of "
+                                 "using the models the repository ships (hours on 2 CPU cores)"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the whole pipeline on the embedded default: phantom -> experts -> anatomy bank -> generators ->
-    build -> evaluation. Reuses what an earlier run already made."""
+    build -> evaluation. Uses the shipped models where they were trained with the profile's settings, and
+    reuses what an earlier run already made."""
     _logging(verbose)
     config = _config(profile, set_, root)
     from flows.pipeline import pipeline_flow
 
-    result = _run("demo", lambda: pipeline_flow(config))
+    result = _run("demo", lambda: pipeline_flow(config, retrain=retrain))
     console.print(f"dataset:    [bold]{result.dataset_path}[/bold]")
     console.print(f"report:     [bold]{result.report}[/bold]")
     if result.evaluation_report:
         console.print(f"evaluation: [bold]{result.evaluation_report}[/bold]")
     for line in result.headline:
         console.print(f"  {line}")
+
+
+@app.command()
+def embed(
+    root: Optional[str] = typer.Option(None, "--root", "-r", help="storage root the pipeline trained in"),
+    profile: str = ProfileOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Ship the models a pipeline run trained with this profile: copy them into aurad_models/embedded/ with a
+    model card each and record their settings fingerprint (run `aurad demo --retrain` with the same
+    profile and root first)."""
+    config = _config(profile, set_, root)
+    from aurad_models import embedded
+    from flows.pipeline import EXPERT_KINDS, GENERATOR_KINDS, export_trained_step
+
+    for step, kinds in (("experts", EXPERT_KINDS), ("generators", GENERATOR_KINDS)):
+        try:
+            entry = export_trained_step(config, step, kinds, profile)
+        except FileNotFoundError as error:
+            console.print(f"embed failed: {error}", style="red", markup=False)
+            raise typer.Exit(1) from None
+        console.print(f"{step}: shipped {', '.join(m['id'] for m in entry['models'].values())}")
+    console.print(f"{embedded.shipped_size() / 1e6:.1f} MB of weights in {embedded.EMBEDDED_DIR}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from aurad_models import metrics
 from aurad_models.vocabulary import PATHOLOGIES
 from aurad_models.experts.loading import ExpertChoice
-from tasks.report import render_evaluation_report
-from tasks.retrain import DownstreamConfig, LabelledImages, load_labelled, run_downstream
+from tasks.report import headline_lines, render_evaluation_report
+from tasks.retrain import DownstreamConfig, LabelledImages, load_labelled, run_downstream, torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class MetricsConfig(BaseModel):
     expert: ExpertChoice = Field(default_factory=ExpertChoice, description="feature extractor: xrv DenseNet (FXD) or the project classifier")
     inception_weights: str | None = Field(None, description="local torchvision inception_v3 weights file for FID; none: FID skipped")
     diversity_prompts: int = Field(16, ge=1, description="prompts with 4 samples each used for MS-SSIM diversity")
+    c2st_images: int = Field(400, ge=8, description="images per set for the classifier two-sample test (real: the val and test splits)")
+    c2st_steps: int = Field(400, ge=1, description="training steps of the two-sample test's CNN")
 
 
 class EvaluateConfig(DownstreamConfig):
@@ -68,6 +71,7 @@ class EvaluateParameters(BaseModel):
     real_dataset: str = Field("phantom", description="the real (source) dataset: its train split is the scarce real data")
     real_version: str = "latest"
     train_split: str = "train"
+    val_split: str | None = Field("val", description="real split that picks each model's checkpoint (None: the last one)")
     test_split: str = Field("test", description="held-out real split every model is scored on")
     synthetic_dataset: str | None = Field("synthetic", description="the synthetic dataset (accepted samples); None: real regimes only")
     synthetic_version: str = "latest"
@@ -81,6 +85,7 @@ class EvaluateResult(BaseModel):
     output: str
     files: list[str]
     gains: dict[str, list[dict[str, Any]]]
+    headline: dict[str, list[str]] = {}
     seconds: float
 
 
@@ -99,23 +104,67 @@ def _sources(params: EvaluateParameters) -> dict[str, Any]:
     return out
 
 
-def load_evaluation_data(params: EvaluateParameters) -> tuple[LabelledImages, LabelledImages, LabelledImages | None]:
-    """Real train and test splits (all samples of the split) and the synthetic accepted samples."""
+@dataclass
+class EvaluationData:
+    """The real splits (every sample of each) and the synthetic accepted samples."""
+
+    train: LabelledImages
+    val: LabelledImages | None
+    test: LabelledImages
+    synthetic: LabelledImages | None
+
+
+def load_evaluation_data(params: EvaluateParameters) -> EvaluationData:
+    """Real train, val and test splits and the synthetic accepted samples. A val split named but absent
+    from the real dataset is an error (a missing one would silently turn checkpoint selection off)."""
     real = _open(params.root, params.real_dataset, params.real_version)
     train = load_labelled(real, params.train_split, accepted_only=False)
+    val = load_labelled(real, params.val_split, accepted_only=False) if params.val_split else None
     test = load_labelled(real, params.test_split, accepted_only=False, limit=params.evaluate.max_test)
     synthetic = None
     if params.synthetic_dataset:
         version = _open(params.root, params.synthetic_dataset, params.synthetic_version)
         synthetic = load_labelled(version, None, accepted_only=True, limit=params.evaluate.max_synthetic)
-    return train, test, synthetic
+    return EvaluationData(train, val, test, synthetic)
+
+
+def labels_seen(params: EvaluateParameters) -> dict[str, Any]:
+    """Which labelled real data every model behind the synthetic version learnt from (from the registry's
+    lineage), beside what the scarce downstream regimes get: a generator or expert that saw more labels
+    than the scarce regime makes the comparison a distillation bound, not a scarce-data result."""
+    from aurad_models.registry import RegistryError, resolve_model
+
+    if not params.synthetic_dataset:
+        return {}
+    version = _open(params.root, params.synthetic_dataset, params.synthetic_version)
+    models = version.lineage.get("models", {})
+    out: dict[str, Any] = {}
+    for name, kind, reference in (
+        ("mask_generator", "mask-generator", models.get("mask_generator", {}).get("id")),
+        ("image_generator", "image-generator", models.get("image_generator", {}).get("id")),
+        ("classifier", "pathology-classifier", models.get("classifier", {}).get("model")),
+        ("segmenter", "anatomy-segmenter", models.get("segmenter", {}).get("model")),
+        ("fidelity", "lesion-segmenter", models.get("fidelity", {}).get("model")),
+    ):
+        if not reference:
+            continue
+        try:
+            record = resolve_model(params.root, kind, reference, verify=False)
+        except RegistryError as error:
+            out[name] = {"model": reference, "unknown": str(error)}
+            continue
+        data = record.lineage.get("data") or record.lineage.get("source") or {}
+        out[name] = {"model": record.id, **{k: data.get(k) for k in ("dataset", "version", "split", "train_split", "n",
+                                                                     "labelled", "labelled_subset") if k in data}}
+    return out
 
 
 @task(name="downstream-retraining")
 def downstream_task(params: EvaluateParameters, task_name: str) -> dict[str, Any]:
     """Train and score every regime x seed of one task (segmentation or detection)."""
-    train, test, synthetic = load_evaluation_data(params)
-    return run_downstream(task_name, train, test, synthetic, params.evaluate, _sources(params))  # type: ignore[arg-type]
+    data = load_evaluation_data(params)
+    return run_downstream(task_name, data.train, data.test, data.synthetic, params.evaluate, _sources(params),  # type: ignore[arg-type]
+                          real_val=data.val, labels_seen=labels_seen(params))
 
 
 @task(name="quality-metrics")
@@ -158,6 +207,12 @@ def quality_metrics_task(params: EvaluateParameters) -> dict[str, Any]:
         real_features, synthetic_features, synthetic_pathology=pathology, synthetic_anatomy=anatomy, findings=findings,
         expert_probabilities=probabilities, diversity_groups=diversity, fid=fid, k=config.k,
     )
+    held_out = [split for split in (params.val_split, params.test_split) if split]  # real images no generator saw
+    c2st_real = np.concatenate([load_labelled(real, split, accepted_only=False).images for split in held_out])[: config.c2st_images]
+    c2st_synthetic = stored_to_unit(np.asarray(synthetic.images.oindex[chosen[: config.c2st_images]]))
+    with torch_threads(1):
+        out["c2st"] = metrics.classifier_two_sample_test(c2st_real, c2st_synthetic, seed=params.evaluate.base_seed,
+                                                         steps=config.c2st_steps)
     if real_features is None:
         out["frechet"] = out["prdc"] = out["expert_agreement"] = {"skipped": "no pathology expert available (see the flow log)"}
     return out
@@ -219,10 +274,11 @@ def evaluate_flow(params: EvaluateParameters = EvaluateParameters()) -> Evaluate
         documents["metrics"] = _clean_nans(quality_metrics_task(params))
     where, files = write_outputs_task(params, documents)
     gains = {name: documents[name]["gains"] for name in params.evaluate.tasks}
-    for name, rows in gains.items():
-        for row in rows:
-            logger.info("%s at %.0f%% real: gain from synthetic %s", name, 100 * row["real_fraction"], row["gain"])
-    return EvaluateResult(output=where, files=files, gains=gains, seconds=round(time.perf_counter() - started, 1))
+    headline = {name: headline_lines(documents[name]) for name in params.evaluate.tasks}
+    for name, lines in headline.items():
+        for line in lines:
+            logger.info("%s: %s", name, line)
+    return EvaluateResult(output=where, files=files, gains=gains, headline=headline, seconds=round(time.perf_counter() - started, 1))
 
 
 def _clean_nans(value: Any) -> Any:

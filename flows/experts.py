@@ -1,4 +1,5 @@
-"""`train_experts_flow`: train the project's pathology classifier and anatomy segmenter on a source version.
+"""`train_experts_flow`: train the project's pathology classifier, anatomy segmenter and lesion segmenter (the
+fidelity expert) on a source version.
 
 Thin wiring over `tasks.experts`: the source version is pinned ('latest' resolved once), each expert trains
 in one task tagged "gpu" (train split to train, val split to validate), and each comes back as a model
@@ -18,6 +19,7 @@ from tasks.experts import (
     ExpertsTrainingConfig,
     SourceRef,
     train_classifier_task,
+    train_lesion_segmenter_task,
     train_segmenter_task,
 )
 
@@ -44,7 +46,8 @@ class TrainExpertsResult(BaseModel):
     source: SourceRef
     classifier_id: str | None
     segmenter_id: str | None
-    metrics: dict[Literal["classifier", "segmenter"], dict[str, Any]]
+    lesion_segmenter_id: str | None = None
+    metrics: dict[Literal["classifier", "segmenter", "lesion_segmenter"], dict[str, Any]]
 
 
 @flow(name="aurad-train-experts", log_prints=False)
@@ -67,9 +70,16 @@ def train_experts_flow(params: TrainExpertsParameters = TrainExpertsParameters()
             "anatomy segmenter %s: mean Dice %.3f in %.0f s", segmenter["id"],
             segmenter["metrics"]["dice_mean"], segmenter["metrics"]["train_seconds"],
         )
+    lesion = None
+    if training.lesion_segmenter is not None:
+        lesion = train_lesion_segmenter_task(source, params.root, training.lesion_segmenter, training)
+        run_logger.info("lesion segmenter (fidelity expert) %s: pooled validation Dice %.3f in %.0f s", lesion["id"],
+                        lesion["metrics"]["pooled_dice_mean"], lesion["metrics"]["train_seconds"])
     return TrainExpertsResult(
         source=source,
         classifier_id=classifier["id"] if classifier else None,
         segmenter_id=segmenter["id"] if segmenter else None,
-        metrics={name: r["metrics"] for name, r in (("classifier", classifier), ("segmenter", segmenter)) if r},
+        lesion_segmenter_id=lesion["id"] if lesion else None,
+        metrics={name: r["metrics"] for name, r in (("classifier", classifier), ("segmenter", segmenter),
+                                                     ("lesion_segmenter", lesion)) if r},
     )

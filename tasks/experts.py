@@ -31,8 +31,10 @@ from aurad_models.experts.base import default_device, resize_batch
 from aurad_models.experts.metrics import auroc, dice
 from aurad_models.experts.trained import (
     ANATOMY_SEGMENTER_KIND,
+    LESION_SEGMENTER_KIND,
     PATHOLOGY_CLASSIFIER_KIND,
     AnatomySegmenter,
+    LesionSegmenter,
     PathologyClassifier,
     TrainedAnatomyExpert,
     TrainedPathologyExpert,
@@ -43,6 +45,7 @@ from aurad_models.pixels import stored_to_unit, unit_to_model
 from aurad_models.registry import ModelRecord, register_model
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from tasks.retrain import SegmentationConfig
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +106,22 @@ class SegmenterTrainingConfig(BaseModel):
     log_every: int = Field(100, ge=1)
 
 
+class LesionSegmenterTrainingConfig(SegmentationConfig):
+    """The fidelity expert (a lesion segmenter trained on real images): architecture, schedule (trained
+    until the validation Dice stops improving, as the downstream models are) and calibration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    max_steps: int = Field(3000, ge=1)
+    patience: int = Field(6, ge=1)
+    accept_share: float = Field(0.9, gt=0, lt=1, description="calibration: the share of real validation images the "
+                                "fidelity expert's thresholds let through, per finding")
+    seed: int = 0
+
+
 class ExpertsTrainingConfig(BaseModel):
-    """Both experts and the source splits they learn from; a null expert is not trained."""
+    """The experts and the source splits they learn from; a null expert is not trained."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -114,6 +131,7 @@ class ExpertsTrainingConfig(BaseModel):
     max_val_samples: int | None = Field(None, ge=1)
     classifier: ClassifierTrainingConfig | None = Field(default_factory=ClassifierTrainingConfig)
     segmenter: SegmenterTrainingConfig | None = Field(default_factory=SegmenterTrainingConfig)
+    lesion_segmenter: LesionSegmenterTrainingConfig | None = Field(default_factory=LesionSegmenterTrainingConfig)
 
 
 
@@ -534,6 +552,76 @@ def train_and_register_segmenter(
         return register_model(registry_root, ANATOMY_SEGMENTER_KIND, Path(tmp) / "model", metrics, lineage)
 
 
+def calibrate_fidelity(predicted: np.ndarray, masks: np.ndarray, accept_share: float) -> dict[str, dict[str, float | None]]:
+    """What real validation images look like to the lesion segmenter, per finding: pooled Dice over the
+    images that hold it, the per-image Dice `accept_share` of them reach, and the predicted area (pixels)
+    `accept_share` of the images without it stay under."""
+    from aurad_models.metrics import dice_scores
+
+    per_image = dice_scores(predicted, masks)
+    out: dict[str, dict[str, float | None]] = {}
+    for c, label in enumerate(PATHOLOGIES):
+        positive = masks[:, c].reshape(len(masks), -1).any(axis=1)
+        hits = (predicted[positive, c] & masks[positive, c]).sum()
+        total = predicted[positive, c].sum() + masks[positive, c].sum()
+        absent_pixels = predicted[~positive, c].reshape(int((~positive).sum()), -1).sum(axis=1)
+        out[label] = {
+            "dice": float(2 * hits / total) if total else None,
+            "min_dice": float(np.quantile(per_image[positive, c], 1 - accept_share)) if positive.any() else None,
+            "max_absent_pixels": float(np.quantile(absent_pixels, accept_share)) if absent_pixels.size else None,
+            "positives": int(positive.sum()),
+        }
+    return out
+
+
+def train_lesion_segmenter(train: Any, val: Any, config: LesionSegmenterTrainingConfig) -> tuple[LesionSegmenter, Any]:
+    """Train the fidelity expert on real images and masks (`tasks.retrain.LabelledImages`) until its
+    validation Dice stops improving, then calibrate it on the same validation images."""
+    from monai.losses import DiceCELoss
+
+    from tasks.retrain import DownstreamModel, evaluate_segmenter, fit, predict_masks, seeded_init, set_output_prior
+
+    def build(size: int, seed: int) -> LesionSegmenter:
+        model = LesionSegmenter(PATHOLOGIES, size, config.channels, config.strides, config.num_res_units, config.norm,
+                                config.threshold)
+        seeded_init(model, derive_seed(seed, "init"))
+        set_output_prior(model, len(PATHOLOGIES), config.prior)
+        return model
+
+    dice_ce = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    task_model = DownstreamModel(config, build, lambda model, x, y: dice_ce(model(x), y),
+                                 lambda model, data: evaluate_segmenter(model, data, config.threshold))
+    result = fit(task_model, train, val, derive_seed(config.seed, "lesion-segmenter"))
+    model = result.model
+    model.set_fidelity(calibrate_fidelity(predict_masks(model, val.images, config.threshold), val.masks, config.accept_share))
+    return model, result
+
+
+def train_and_register_lesion_segmenter(
+    source: SourceRef, registry_root: str | Path, config: LesionSegmenterTrainingConfig, train_split: str = "train",
+    val_split: str = "val",
+) -> ModelRecord:
+    """Train the fidelity expert on the source's labelled real images, validate and calibrate it on the val
+    split, save and register it."""
+    from tasks.retrain import evaluate_segmenter, load_labelled
+
+    version = source.open()
+    train, val = load_labelled(version, train_split, accepted_only=True), load_labelled(version, val_split, accepted_only=True)
+    with torch.random.fork_rng(devices=[]):
+        model, result = train_lesion_segmenter(train, val, config)
+    scores = evaluate_segmenter(model, val, config.threshold)
+    metrics = {"dice": scores["per_class"], "dice_mean": scores["mean"], "pooled_dice": scores["pooled"]["per_class"],
+               "pooled_dice_mean": scores["pooled"]["mean"], "fidelity": model.fidelity, "best_step": result.best_step,
+               "steps": result.steps, "train_seconds": result.seconds, "n_train": len(train)}
+    logger.info("lesion segmenter on %s/%s %s: pooled Dice %s (best step %d of %d)", version.name, version.version, val_split,
+                {k: None if v is None else round(v, 3) for k, v in scores["pooled"]["per_class"].items()}, result.best_step, result.steps)
+    lineage = _lineage(version, config, {"train_split": train_split, "val_split": val_split})
+    lineage["source"]["n"] = len(train)
+    with TemporaryDirectory(prefix="aurad-lesion-") as tmp:
+        model.save_pretrained(Path(tmp) / "model", metadata={"metrics": metrics, "lineage": lineage})
+        return register_model(registry_root, LESION_SEGMENTER_KIND, Path(tmp) / "model", metrics, lineage)
+
+
 # --- Prefect --------------------------------------------------------------------------------------
 
 
@@ -563,3 +651,11 @@ def train_segmenter_task(
         splits.max_val_samples, device,
     )
     return _record_summary(record)
+
+
+@task(name="train-lesion-segmenter", tags=["gpu"])
+def train_lesion_segmenter_task(
+    source: SourceRef, registry_root: str, config: LesionSegmenterTrainingConfig, splits: ExpertsTrainingConfig
+) -> dict[str, Any]:
+    """Train, calibrate and register the fidelity expert; returns the registry record as a dict."""
+    return _record_summary(train_and_register_lesion_segmenter(source, registry_root, config, splits.train_split, splits.val_split))

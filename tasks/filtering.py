@@ -14,6 +14,9 @@ The experts:
   masks        each prompted finding's mask is non-empty and lies in its allowed region
                (`anatomy_rules.allowed_region`); absent findings' masks are empty
   image_stats  the image's mean and standard deviation lie in the source data's range (`ImageStatsReference`)
+  fidelity     a lesion segmenter trained on real images re-segments the synthetic image: each prompted
+               finding must be re-found about as well as on real images (Dice >= the calibrated per-finding
+               value), and an absent one must not show more than real images without it do
 
 Rejected samples are recorded with their reason, never dropped: acceptance is the manifest's business.
 """
@@ -33,13 +36,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from aurad_models.anatomy_rules import allowed_region, inside_fraction
 from aurad_models.experts.base import AnatomyExpert, PathologyExpert, check_images01
 from aurad_models.experts.metrics import dice
+from aurad_models.experts.trained import TrainedLesionExpert
 from aurad_models.findings import Finding
 from aurad_models.pixels import stored_to_unit
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
 
 logger = logging.getLogger(__name__)
 
-EXPERTS: tuple[str, ...] = ("classifier", "anatomy", "masks", "image_stats")
+EXPERTS: tuple[str, ...] = ("classifier", "anatomy", "masks", "image_stats", "fidelity")
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -133,6 +137,23 @@ class ImageStatsCheck(BaseModel):
     margin: float = Field(0.1, ge=0, description="fraction of each reference range's width added on both sides")
 
 
+class FidelityCheck(BaseModel):
+    """Expert (e): the lesions show where their masks are, judged by a segmenter trained on real images."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    min_expert_dice: float = Field(0.3, ge=0, le=1, description="a finding votes only if the segmenter's pooled "
+                                   "validation Dice on real images reaches this")
+    min_dice: float | None = Field(None, ge=0, le=1, description="least Dice between the re-segmentation and a prompted "
+                                   "mask; None: the value the expert calibrated on real validation images")
+    check_absent: bool = Field(True, description="reject when a finding that was not prompted shows up larger than on "
+                               "real images without it (the calibrated area)")
+
+    def voting(self, calibration: dict[str, dict[str, Any]]) -> frozenset[str]:
+        return frozenset(label for label, c in calibration.items() if (c.get("dice") or 0.0) >= self.min_expert_dice)
+
+
 class FilterConfig(BaseModel):
     """Which experts vote and their thresholds. A sample is accepted only if every enabled expert accepts."""
 
@@ -142,6 +163,7 @@ class FilterConfig(BaseModel):
     anatomy: AnatomyCheck = Field(default_factory=AnatomyCheck)
     masks: MaskCheck = Field(default_factory=MaskCheck)
     image_stats: ImageStatsCheck = Field(default_factory=ImageStatsCheck)
+    fidelity: FidelityCheck = Field(default_factory=FidelityCheck)
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(name for name in EXPERTS if getattr(self, name).enabled)
@@ -211,12 +233,7 @@ class FilterExperts:
 
     classifier: PathologyExpert | None = None
     anatomy: AnatomyExpert | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "classifier": self.classifier.describe() if self.classifier is not None else None,
-            "anatomy": self.anatomy.describe() if self.anatomy is not None else None,
-        }
+    fidelity: TrainedLesionExpert | None = None
 
 
 @dataclass
@@ -315,6 +332,12 @@ def vote_masks(
                     f"{label} mask {share:.0%} inside its allowed region ({where}{_REGION_NAMES.get(label, 'lung field')})"
                     f" < {check.inside_threshold:.0%}"
                 )
+            if prompted[label] == "bilateral":
+                for side in ("left", "right"):
+                    side_pixels = int((mask & allowed_region(label, anatomy, side)).sum())
+                    scores[f"mask_pixels.{label}.{side}"] = float(side_pixels)
+                    if side_pixels < check.min_pixels:
+                        problems.append(f"bilateral {label} prompted but its {side} side is empty ({side_pixels} px)")
         elif pixels > check.absent_max_pixels:
             problems.append(f"{label} not prompted but its mask has {pixels} px")
     return problems
@@ -333,6 +356,35 @@ def vote_image_stats(
         pad = check.margin * (hi - lo)
         if not lo - pad <= value <= hi + pad:
             problems.append(f"image {what} {value:.3f} outside the source range [{lo - pad:.3f}, {hi + pad:.3f}]")
+    return problems
+
+
+def vote_fidelity(
+    segmented: np.ndarray, pathology: np.ndarray, prompted: dict[str, str | None], check: FidelityCheck,
+    calibration: dict[str, dict[str, Any]], voting: frozenset[str], scores: dict[str, float], pixel_scale: float = 1.0,
+) -> list[str]:
+    """Expert (e) on one sample: `fidelity_dice.<finding>` for prompted findings and `fidelity_pixels.<finding>`
+    for absent ones (re-segmented area, in pixels at the expert's calibration size); `fidelity_dice` pools
+    the prompted ones. Only `voting` findings can reject."""
+    problems = []
+    hits = total = 0
+    for j, label in enumerate(PATHOLOGIES):
+        found, mask = segmented[j].astype(bool), pathology[j].astype(bool)
+        if label in prompted:
+            value = dice(found, mask)
+            scores[f"fidelity_dice.{label}"] = value
+            hits, total = hits + int((found & mask).sum()), total + int(found.sum() + mask.sum())
+            limit = check.min_dice if check.min_dice is not None else calibration.get(label, {}).get("min_dice")
+            if label in voting and limit is not None and value < limit:
+                problems.append(f"{label} re-found with Dice {value:.2f} < {limit:.2f} (real images reach it)")
+        else:
+            pixels = float(found.sum()) * pixel_scale
+            scores[f"fidelity_pixels.{label}"] = pixels
+            limit = calibration.get(label, {}).get("max_absent_pixels")
+            if check.check_absent and label in voting and limit is not None and pixels > limit:
+                problems.append(f"{label} not prompted but shows ({pixels:.0f} px re-segmented > {limit:.0f} on real images)")
+    if total:
+        scores["fidelity_dice"] = 2 * hits / total
     return problems
 
 
@@ -365,6 +417,8 @@ def filter_batch(
         raise ValueError("the anatomy expert is enabled but no anatomy segmenter was given")
     if config.image_stats.enabled and reference is None:
         raise ValueError("the image-statistics expert is enabled but no ImageStatsReference was given")
+    if config.fidelity.enabled and experts.fidelity is None:
+        raise ValueError("the fidelity expert is enabled but no lesion segmenter was given")
 
     # 2. Run the model experts once over the whole batch.
     probs = experts.classifier.predict(images) if config.classifier.enabled else None
@@ -375,6 +429,10 @@ def filter_batch(
             silent = [label for label in PATHOLOGIES if label not in voting]
             logger.info("classifier: %s scored but not voting (validation AUROC < %s)", ", ".join(silent), config.classifier.min_auroc)
     segmented = experts.anatomy.segment(images) if config.anatomy.enabled else None
+    lesions = experts.fidelity.segment(images) if config.fidelity.enabled else None
+    calibration = experts.fidelity.fidelity if config.fidelity.enabled else {}
+    fidelity_voting = config.fidelity.voting(calibration)
+    pixel_scale = (experts.fidelity.model.image_size ** 2) / (h * w) if config.fidelity.enabled else 1.0
     means, stds = image_statistics(images)
 
     # 3. Vote per sample.
@@ -393,6 +451,9 @@ def filter_batch(
             reasons["image_stats"] = vote_image_stats(float(means[i]), float(stds[i]), reference, config.image_stats, scores)
         else:
             scores["image_mean"], scores["image_std"] = float(means[i]), float(stds[i])
+        if config.fidelity.enabled:
+            reasons["fidelity"] = vote_fidelity(lesions[i], pathology[i], prompted, config.fidelity, calibration,
+                                                fidelity_voting, scores, pixel_scale)
         verdicts = {name: not problems for name, problems in reasons.items()}
         rejecting = {name: problems for name, problems in reasons.items() if problems}
         reason = "; ".join(f"{name}: {', '.join(problems)}" for name, problems in rejecting.items()) or None

@@ -14,6 +14,7 @@ can be regenerated alone (`regenerate_sample`).
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -23,12 +24,13 @@ import numpy as np
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
-from aurad_models.experts import ExpertChoice, load_anatomy_expert, load_pathology_expert
+from aurad_models.experts import ExpertChoice, load_anatomy_expert, load_lesion_expert, load_pathology_expert
 from aurad_models.findings import Finding, render_prompt
 from aurad_models.image_generator import ImageGenerator, ImageSamplingConfig
 from aurad_models.mask_generator import MaskGenerator, MaskSamplingConfig
 from aurad_models.pixels import to_stored
 from aurad_models.seeding import derive_seed
+from aurad_models.vocabulary import PATHOLOGIES
 from storage import StagedVersion, open_dataset
 from tasks.devices import candidate_devices, lease_device
 from tasks.filtering import FilterConfig, FilterExperts, FilterResult, ImageStatsReference, acceptance_report, filter_batch
@@ -68,6 +70,8 @@ class BuildConfig(BaseModel):
     image_model: str = Field("latest", description="registry id of the image generator, or 'latest'")
     classifier: ExpertChoice = Field(default_factory=ExpertChoice)
     segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
+    fidelity: ExpertChoice = Field(default_factory=lambda: ExpertChoice(source="project"),
+                                   description="the lesion segmenter trained on real images (fidelity expert)")
     prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
     mask_sampling: MaskSamplingConfig = Field(
         default_factory=MaskSamplingConfig,
@@ -78,7 +82,10 @@ class BuildConfig(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     cardiomegaly_ctr: float = Field(0.55, gt=0, lt=1, description="cardiothoracic ratio above which bank anatomy counts as an enlarged heart")
-    max_tries: int = Field(3, ge=1, description="tries per sample before it is kept as rejected")
+    max_tries: int = Field(3, ge=1, description="tries (new seeds) per prompt")
+    prompt_redraws: int = Field(
+        3, ge=0, description="after max_tries rejections, the slot's prompt is drawn again with the same findings and "
+        "new attributes (side, zone, size), up to this many times; a slot still rejected then is kept as rejected")
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     task_runner: Literal["threads", "dask"] = "threads"
@@ -102,13 +109,15 @@ class BuildModels:
     classifier: ExpertChoice
     segmenter: ExpertChoice
     device: str
+    fidelity: ExpertChoice = ExpertChoice(source="project")
 
     def on_device(self, device: str) -> "BuildModels":
         """The same models placed on `device`; experts follow it unless their own device is pinned."""
         def follow(choice: ExpertChoice) -> ExpertChoice:
             return choice if choice.device not in (None, "auto", "cuda") else choice.model_copy(update={"device": device})
 
-        return replace(self, device=device, classifier=follow(self.classifier), segmenter=follow(self.segmenter))
+        return replace(self, device=device, classifier=follow(self.classifier), segmenter=follow(self.segmenter),
+                       fidelity=follow(self.fidelity))
 
 
 @dataclass
@@ -126,6 +135,7 @@ def load_models(models: BuildModels, filter_enabled: tuple[str, ...]) -> LoadedM
     experts = FilterExperts(
         classifier=load_pathology_expert(models.classifier, models.registry_root) if "classifier" in filter_enabled else None,
         anatomy=load_anatomy_expert(models.segmenter, models.registry_root) if "anatomy" in filter_enabled else None,
+        fidelity=load_lesion_expert(models.fidelity, models.registry_root) if "fidelity" in filter_enabled else None,
     )
     return LoadedModels(
         mask_generator=MaskGenerator.from_pretrained(models.mask_model_dir, device=device),
@@ -142,6 +152,15 @@ class ShardPlan:
     start: int
     prompts: list[Prompt]
     bank_indices: list[int]
+    redraws: list[list[Prompt]] = field(default_factory=list)  # per slot: the prompts tried after the first
+
+    def prompt_at(self, slot: int, attempt: int, max_tries: int) -> Prompt:
+        """The prompt of a slot's try: the first prompt for `max_tries` tries, then each redraw in turn."""
+        k = attempt // max_tries
+        return self.prompts[slot] if k == 0 else self.redraws[slot][k - 1]
+
+    def attempts(self, slot: int, max_tries: int) -> int:
+        return max_tries * (1 + (len(self.redraws[slot]) if self.redraws else 0))
 
 
 @dataclass
@@ -160,6 +179,7 @@ class ShardReport:
 @dataclass
 class _Slot:
     seeds: list[int] = field(default_factory=list)
+    prompts: list[Prompt] = field(default_factory=list)
     reasons: list[str | None] = field(default_factory=list)
     result: FilterResult | None = None
 
@@ -223,36 +243,40 @@ def generate_shard_on_device(
     raise_on_failure(gates)
     seconds["anatomy"] = time.perf_counter() - tick
 
-    # 2. Masks, images and the filter, retrying rejected samples with new seeds.
+    # 2. Masks, images and the filter, retrying rejected samples with new seeds, then with redrawn prompts.
     size = anatomy.shape[-1]
-    pathology = np.zeros((n, 7, size, size), np.uint8)
+    pathology = np.zeros((n, len(PATHOLOGIES), size, size), np.uint8)
     images = np.zeros((n, size, size), np.float32)
     slots = [_Slot() for _ in range(n)]
     todo = list(range(n))
     seconds.update(generate=0.0, filter=0.0)
-    for attempt in range(config.max_tries):
+    attempt = 0
+    while todo:
         seeds = [try_seed(config.seed, plan.start + i, attempt) for i in todo]
+        prompts = [plan.prompt_at(i, attempt, config.max_tries) for i in todo]
         tick = time.perf_counter()
-        masks_t, images_t = generate_samples(anatomy[todo], [plan.prompts[i] for i in todo], seeds, loaded, config)
+        masks_t, images_t = generate_samples(anatomy[todo], prompts, seeds, loaded, config)
         seconds["generate"] += time.perf_counter() - tick
         tick = time.perf_counter()
-        results = filter_batch(images_t, anatomy[todo], masks_t, [plan.prompts[i] for i in todo], loaded.experts, config.filter, reference)
+        results = filter_batch(images_t, anatomy[todo], masks_t, prompts, loaded.experts, config.filter, reference)
         seconds["filter"] += time.perf_counter() - tick
         for j, i in enumerate(todo):
             pathology[i], images[i] = masks_t[j], images_t[j]
             slots[i].seeds.append(seeds[j])
+            slots[i].prompts.append(prompts[j])
             slots[i].reasons.append(results[j].reject_reason)
             slots[i].result = results[j]
-        todo = [i for i in todo if not slots[i].result.accepted]
-        if not todo:
-            break
+        attempt += 1
+        todo = [i for i in todo if not slots[i].result.accepted and attempt < plan.attempts(i, config.max_tries)]
+        logger.info("shard %d: try %d, %d of %d samples accepted so far", plan.shard, attempt,
+                    sum(s.result.accepted for s in slots if s.result is not None), n)
 
     # 3. Gates on the samples the filter passed on (rejected ones are stored with their reasons and count
     #    against the build's acceptance floor instead). No accepted sample: nothing to check here.
     tick = time.perf_counter()
     kept = [i for i in range(n) if slots[i].result.accepted]
     if kept:
-        gates.append(mask_gate(mask_stats(pathology[kept], anatomy[kept], [plan.prompts[i] for i in kept]), config.quality))
+        gates.append(mask_gate(mask_stats(pathology[kept], anatomy[kept], [slots[i].prompts[-1] for i in kept]), config.quality))
         gates.append(image_gate(image_stats(images[kept]), config.quality))
     shard_gates = [g.to_json() for g in gates]
     staged.write_file(f"quality/shards/shard-{plan.shard:05d}.json", _json_dumps({"shard": plan.shard, "gates": shard_gates}))
@@ -274,7 +298,7 @@ def generate_shard_on_device(
         n_samples=n,
         accepted=sum(r.accepted for r in results),
         tries=[len(s.seeds) for s in slots],
-        acceptance=acceptance_report(results, plan.prompts),
+        acceptance=acceptance_report(results, [s.prompts[-1] for s in slots]),
         gates=[{k: g[k] for k in ("gate", "success", "failures", "rows")} for g in shard_gates],
         seconds=seconds,
     )
@@ -308,11 +332,12 @@ def regenerate_sample(version: Any, index: int, device: str = "cpu") -> tuple[np
 
 def _manifest_row(config: BuildConfig, plan: ShardPlan, i: int, slot: _Slot, bank_id: str, models: BuildModels) -> dict[str, Any]:
     result = slot.result
+    final = slot.prompts[-1]
     return {
         "sample_id": f"{config.dataset}-{plan.start + i:07d}",
         "split": None,
-        "prompt": render_prompt(plan.prompts[i]),
-        "findings": [f.as_record() for f in plan.prompts[i]],
+        "prompt": render_prompt(final),
+        "findings": [f.as_record() for f in final],
         "seed": slot.seeds[-1],
         "attempt_seeds": list(slot.seeds),
         "attempt_reject_reasons": list(slot.reasons),
@@ -326,13 +351,12 @@ def _manifest_row(config: BuildConfig, plan: ShardPlan, i: int, slot: _Slot, ban
         },
         "accepted": result.accepted,
         "reject_reason": result.reject_reason,
-        "metadata": {"tries": str(len(slot.seeds))},
+        "metadata": {"tries": str(len(slot.seeds)), "first_prompt": render_prompt(plan.prompts[i]),
+                     "attempt_prompts": json.dumps([render_prompt(p) for p in slot.prompts])},
     }
 
 
 def _json_dumps(data: Any) -> str:
-    import json
-
     return json.dumps(data, indent=1, default=str)
 
 

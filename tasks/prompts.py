@@ -227,3 +227,19 @@ def sample_prompts(n: int, prior: FindingPrior, config: PromptSamplerConfig, see
             findings.append(Finding(label=label, **values))
         prompts.append(tuple(findings))
     return prompts
+
+
+def redraw_attributes(prompt: Prompt, prior: FindingPrior, config: PromptSamplerConfig, seed: int) -> Prompt:
+    """The same findings with new attributes (side, zone, size) drawn from the prior: what a build tries
+    when a prompt keeps being rejected. The labels, and so the class mix and the co-occurrence, stay."""
+    rng = np.random.default_rng(seed)
+    findings = []
+    for finding in prompt:
+        choices = prior.attributes.get(finding.label) or uniform_attributes(finding.label)
+        weights = np.array([c.weight for c in choices], dtype=np.float64)
+        choice = choices[rng.choice(len(choices), p=weights / weights.sum())]
+        values = {k: getattr(choice, k) for k in ("side", "zone", "size")}
+        if config.unspecified_rate > 0:
+            values = {k: (None if rng.random() < config.unspecified_rate else v) for k, v in values.items()}
+        findings.append(Finding(label=finding.label, **values))
+    return tuple(findings)

@@ -40,6 +40,9 @@ class QualityConfig(BaseModel):
     image_std_range: tuple[float, float] = Field((0.02, 0.45), description="per-image intensity standard deviation")
     image_mostly: float = Field(0.95, ge=0, le=1, description="share of images that must be in the intensity ranges")
     min_acceptance_rate: float = Field(0.2, ge=0, le=1, description="least share of samples the expert filter accepts")
+    min_class_coverage: float = Field(
+        0.8, ge=0, le=1, description="each prompted finding's share among the *accepted* samples must reach this "
+        "multiple of its target share (0: off); a class the filter lets collapse fails the build")
 
 
 class QualityGateFailed(RuntimeError):
@@ -255,6 +258,39 @@ def image_gate(stats: pd.DataFrame, config: QualityConfig) -> GateResult:
         gx.expectations.ExpectColumnValuesToBeBetween(column="image_std", min_value=config.image_std_range[0], max_value=config.image_std_range[1], mostly=mostly),
     ]
     return validate_frame("images", stats, expectations)
+
+
+def accepted_frequencies(manifest: pd.DataFrame, targets: dict[str, float]) -> pd.DataFrame:
+    """Per finding: its target share, how many samples prompted it (every try counted once per sample), how
+    many accepted samples hold it, and its share among the accepted samples."""
+    accepted = manifest[manifest["accepted"]]
+    has = lambda frame, label: frame["findings"].map(lambda fs: any(f["label"] == label for f in fs))  # noqa: E731
+    rows = []
+    for label in PATHOLOGIES:
+        target = float(targets.get(label, 0.0))
+        kept = int(has(accepted, label).sum()) if len(accepted) else 0
+        share = kept / len(accepted) if len(accepted) else 0.0
+        rows.append({"label": label, "target": target, "prompted": int(has(manifest, label).sum()), "accepted": kept,
+                     "accepted_share": share, "coverage": share / target if target > 0 else None})
+    return pd.DataFrame(rows)
+
+
+def coverage_gate(frequencies: pd.DataFrame, config: QualityConfig) -> GateResult:
+    """Every prompted finding reaches the dataset: its share among the accepted samples is at least
+    `min_class_coverage` times its target share."""
+    import great_expectations as gx
+
+    table = frequencies[frequencies["target"] > 0].assign(coverage=lambda t: t["coverage"].astype(float))
+    expectations = [gx.expectations.ExpectColumnValuesToBeBetween(column="coverage", min_value=config.min_class_coverage)]
+    result = validate_frame("coverage", table, expectations)
+    result.failures = [
+        f"{row.label}: {row.accepted} accepted samples hold it ({row.accepted_share:.3f} of the accepted), "
+        f"{row.coverage:.2f}x its target share {row.target:.3f} < {config.min_class_coverage:.2f} "
+        "(build.quality.min_class_coverage); more tries (build.max_tries, build.prompt_redraws) or better generators"
+        for row in table.itertuples() if row.coverage < config.min_class_coverage
+    ] or result.failures
+    result.details["accepted_frequencies"] = frequencies.to_dict(orient="records")
+    return result
 
 
 def manifest_gate(manifest: pd.DataFrame, config: QualityConfig) -> GateResult:

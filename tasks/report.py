@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 TRAIN_SET_STYLE = {
     "real": {"color": "#4c72b0", "marker": "o", "label": "real only"},
     "real+synthetic": {"color": "#dd8452", "marker": "s", "label": "real + synthetic"},
+    "real+oracle": {"color": "#8172b3", "marker": "D", "label": "real + real stand-ins (oracle)"},
+    "synthetic->real": {"color": "#c44e52", "marker": "v", "label": "synthetic pre-train, real fine-tune"},
     "synthetic": {"color": "#55a868", "marker": "^", "label": "synthetic only"},
+    "full-real": {"color": "#937860", "marker": "*", "label": "all real data (ceiling)"},
 }
 METRIC_NAMES = {"dice": "Dice", "map50": "mAP@0.5"}
 
@@ -203,12 +206,18 @@ def _frequency_records(frequencies: Mapping[str, Any] | Sequence[Mapping[str, An
 
 def frequency_section(frequencies: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> str:
     records = _frequency_records(frequencies)
-    parts = ["<h2 id=\"frequencies\">Finding frequencies</h2>"]
+    parts = ["<h2 id=\"frequencies\">Finding frequencies (accepted samples)</h2>"]
+    empty = [r["label"] for r in records if r.get("target") and not r.get("accepted", r.get("produced"))]
+    if empty:
+        parts.append(f"<p class=\"bad\">No accepted sample holds: {html.escape(', '.join(empty))}.</p>")
     parts.append(table_html(
-        ["finding", "target", "produced", "difference"],
+        ["finding", "target", "accepted share", "difference", "accepted samples", "prompted samples", "coverage"],
         ([r["label"], r.get("target"), r.get("produced"),
-          None if r.get("target") is None or r.get("produced") is None else r["produced"] - r["target"]] for r in records),
-        "Share of samples with each finding: the prompt sampler's target vs what the dataset holds.",
+          None if r.get("target") is None or r.get("produced") is None else r["produced"] - r["target"],
+          r.get("accepted"), r.get("prompted"), r.get("coverage")] for r in records),
+        "Share of the accepted samples holding each finding against the prompt sampler's target; coverage = accepted "
+        "share / target (the build fails below build.quality.min_class_coverage). Prompted samples count every sample "
+        "whose final prompt holds the finding, rejected ones too.",
         "frequency-table",
     ))
     figure = _new_figure(7, 3)
@@ -219,7 +228,7 @@ def frequency_section(frequencies: Mapping[str, Any] | Sequence[Mapping[str, Any
     ax.set_xticks(x, [r["label"] for r in records], rotation=30, ha="right")
     ax.set_ylabel("share of samples")
     ax.legend()
-    parts.append(figure_html(figure_png(figure), "Finding frequencies, target (grey) vs produced (blue).", "finding frequencies"))
+    parts.append(figure_html(figure_png(figure), "Finding frequencies, target (grey) vs share of the accepted samples (blue).", "finding frequencies"))
     return "".join(parts)
 
 
@@ -256,6 +265,8 @@ _METRIC_TEXT = {
     "fid": "Fréchet Inception Distance (torchvision Inception-v3, only with local weights).",
     "prdc": "Precision / density (fidelity) and recall / coverage (diversity) on k-NN balls (Naeem et al. 2020).",
     "diversity": "Mean MS-SSIM between samples of the same prompt (all pairs); lower = more diverse.",
+    "c2st": "Classifier two-sample test: held-out accuracy of a small CNN trained to tell synthetic from held-out real "
+            "images (0.5 = indistinguishable, 1.0 = every synthetic image gives itself away).",
 }
 
 
@@ -264,7 +275,7 @@ def metrics_section(metrics: Mapping[str, Any]) -> str:
     ones (mask-anatomy consistency, expert agreement) in their own tables; skipped ones with the reason."""
     parts = ["<h2 id=\"metrics\">Quality metrics</h2>"]
     rows = []
-    for key in ("frechet", "fid", "prdc", "diversity"):
+    for key in ("c2st", "frechet", "fid", "prdc", "diversity"):
         entry = metrics.get(key)
         if not isinstance(entry, Mapping):
             continue
@@ -296,46 +307,129 @@ def metrics_section(metrics: Mapping[str, Any]) -> str:
 # --- downstream ----------------------------------------------------------------------------------
 
 
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def headline_lines(evaluation: Mapping[str, Any]) -> list[str]:
+    """The result in a few sentences: per real fraction, the gain from the synthetic data with its paired
+    test, the oracle's gain and the share of it reached, the pre-train/fine-tune gain; the fidelity."""
+    metric = METRIC_NAMES.get(evaluation["metric"], evaluation["metric"])
+    lines = []
+    sizes = {r["real_fraction"]: r.get("n_real") for r in evaluation.get("regimes", []) if r["train_set"] == "real"}
+    for g in evaluation.get("gains", []):
+        if g.get("gain") is None:
+            continue
+        verdict = "significant" if g.get("significant") else "NOT significant (within the paired noise)"
+        line = (f"{_pct(g['real_fraction'])} real ({sizes.get(g['real_fraction'], '?')} images): {metric} {fmt(g['real'])} -> "
+                f"{fmt(g['real+synthetic'])} with synthetic, gain {g['gain']:+.3f} ± {fmt(g.get('se'))} "
+                f"(p = {fmt(g.get('p_value'))}, {g.get('seeds')} seeds, {verdict})")
+        if g.get("oracle_gain") is not None:
+            share = g.get("oracle_share")
+            line += f"; oracle gain {g['oracle_gain']:+.3f}" + (f", synthetic reaches {share:.0%} of it" if share is not None else "")
+        if g.get("pretrain_gain") is not None:
+            line += f"; pre-train on synthetic then fine-tune: {g['pretrain_gain']:+.3f}" + ("" if g.get("pretrain_significant") else " (n.s.)")
+        lines.append(line)
+    fidelity = evaluation.get("fidelity")
+    if fidelity:
+        syn, real = fidelity["synthetic"], fidelity["real_test"]
+        lines.append(
+            f"Fidelity: a segmenter trained on real data re-finds the synthetic masks with pooled Dice {fmt(syn['pooled_dice'])} "
+            f"against {fmt(real['pooled_dice'])} on real test images (ratio {fmt(fidelity.get('ratio'))}); masks re-found with "
+            f"Dice >= {evaluation.get('config', {}).get('useful_dice', 0.5)}: {fmt(syn.get('useful_share'))} of synthetic samples "
+            f"with findings, {fmt(real.get('useful_share'))} of real ones")
+    return lines
+
+
+def headline_section(evaluation: Mapping[str, Any]) -> str:
+    lines = headline_lines(evaluation)
+    if not lines:
+        return ""
+    items = "".join(f"<li class=\"{'ok' if 'NOT' not in line else 'bad'}\">{html.escape(line)}</li>" for line in lines)
+    return f"<div id=\"headline-{html.escape(evaluation['task'])}\"><h3>At a glance</h3><ul>{items}</ul></div>"
+
+
 def downstream_table(evaluation: Mapping[str, Any]) -> str:
-    """One row per regime: train set, real fraction, sizes, mean ± std over seeds, per-class means."""
+    """One row per regime: train set, real fraction, sizes, mean ± std over seeds, steps, per-class means."""
     task, metric = evaluation["task"], evaluation["metric"]
     classes = list(evaluation.get("classes", PATHOLOGIES))
     pooled = any("pooled_mean" in row for row in evaluation["regimes"])
-    header = ["train set", "real fraction", "real images", "synthetic images", METRIC_NAMES.get(metric, metric), "± std", "seeds",
-              *(["pooled", "± std"] if pooled else []), *classes]
+    header = ["train set", "real", "real images", "added images", METRIC_NAMES.get(metric, metric), "± std", "seeds",
+              *(["pooled", "± std"] if pooled else []), "best step (median)", *classes]
     rows = []
     for row in evaluation["regimes"]:
         per_class = row.get("per_class", {})
-        rows.append([row["train_set"], row["real_fraction"], row.get("n_real"), row.get("n_synthetic"), row.get("mean"),
-                     row.get("std"), row.get("seeds"), *([row.get("pooled_mean"), row.get("pooled_std")] if pooled else []),
-                     *(per_class.get(c) for c in classes)])
+        best = row.get("best_steps") or []
+        rows.append([row["train_set"], _pct(row["real_fraction"]), row.get("n_real"), row.get("n_added", row.get("n_synthetic")),
+                     row.get("mean"), row.get("std"), row.get("seeds"), *([row.get("pooled_mean"), row.get("pooled_std")] if pooled else []),
+                     int(np.median(best)) if best else None, *(per_class.get(c) for c in classes)])
     caption = (f"{task}: {METRIC_NAMES.get(metric, metric)} on the held-out real test split "
-               f"({evaluation.get('test', {}).get('n', '?')} images), mean and standard deviation over seeds; "
-               "per-class columns are means over seeds (– where the class never occurs)."
+               f"({evaluation.get('test', {}).get('n', '?')} images), mean and standard deviation over seeds; each model's "
+               f"checkpoint chosen on the real validation split ({evaluation.get('val', {}).get('n', 0)} images). "
+               "'added images': synthetic (real+synthetic, synthetic, synthetic->real) or real stand-ins (real+oracle)."
                + (" Dice is per image, images where a class is absent and not predicted left out, then averaged over "
                   "classes; 'pooled' is Dice over all test pixels at once per class, then averaged." if metric == "dice" else ""))
-    return table_html(header, rows, caption, f"downstream-{task}", "regime")
+    return table_html(header, rows, caption, f"downstream-{task}", "regime", text_columns=2)
+
+
+def comparisons_table(evaluation: Mapping[str, Any]) -> str:
+    rows = [[_pct(c["real_fraction"]), c["train_set"], c.get("gain"), c.get("se"),
+             f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}]" if c.get("ci95") else None, c.get("p_value"), c.get("significant"),
+             c.get("seeds")] for c in evaluation.get("comparisons", [])]
+    if not rows:
+        return "<p class=\"muted\">No comparison to real-only training (no synthetic data given).</p>"
+    return table_html(
+        ["real data", "train set", "gain over real only", "± se", "95% interval", "p", "significant", "seeds"], rows,
+        f"Paired differences to the real-only model of the same seed (same real subset and initial weights); "
+        f"{evaluation.get('test_method', 'paired t-test')}.",
+        f"comparisons-{evaluation['task']}", "gain", text_columns=2)
 
 
 def gains_table(evaluation: Mapping[str, Any]) -> str:
-    rows = [[f"{100 * g['real_fraction']:g}%", g.get("real"), g.get("real+synthetic"), g.get("gain"), g.get("gain_std"),
-             g.get("improved")] for g in evaluation.get("gains", [])]
+    rows = [[_pct(g["real_fraction"]), g.get("real"), g.get("real+synthetic"), g.get("gain"), g.get("significant"),
+             g.get("oracle_gain"), g.get("oracle_share")] for g in evaluation.get("gains", [])]
     if not rows:
-        return "<p class=\"muted\">No real vs real+synthetic comparison (no synthetic data given).</p>"
+        return ""
     return table_html(
-        ["real data", "real only", "real + synthetic", "gain", "± std", "improved"], rows,
-        "Effect of adding the synthetic samples: paired difference per seed (same real subset, same initial weights).",
-        f"gains-{evaluation['task']}", "gain",
-    )
+        ["real data", "real only", "real + synthetic", "gain", "significant", "oracle gain", "share of oracle gain"], rows,
+        "The share of the oracle's gain (real samples used in place of the synthetic ones, same count and class mix) "
+        "that the synthetic data reaches: how good the generators are, whatever the downstream model.",
+        f"gains-{evaluation['task']}", "gain")
+
+
+def fidelity_table(evaluation: Mapping[str, Any]) -> str:
+    fidelity = evaluation.get("fidelity")
+    if not fidelity:
+        return ""
+    classes = list(evaluation.get("classes", PATHOLOGIES))
+    rows = [[name, part.get("pooled_dice"), part.get("useful_share"), part.get("samples_with_findings"),
+             *(part.get("pooled_per_class", {}).get(c) for c in classes)]
+            for name, part in (("synthetic (accepted)", fidelity["synthetic"]), ("real test", fidelity["real_test"]))]
+    return table_html(["images", "pooled Dice", "share re-found", "with findings", *classes], rows,
+                      f"Fidelity: {fidelity.get('segmenter', 'a real-trained segmenter')} re-segments each set; Dice against the "
+                      f"set's own masks. Ratio synthetic / real: {fmt(fidelity.get('ratio'))}.", f"fidelity-{evaluation['task']}", "fidelity")
+
+
+def labels_seen_table(evaluation: Mapping[str, Any]) -> str:
+    seen = evaluation.get("labels_seen") or {}
+    if not seen:
+        return ""
+    rows = [[name, info.get("model"), info.get("dataset"), info.get("version"), info.get("split") or info.get("train_split"),
+             info.get("n"), info.get("labelled_subset") or "the whole split"] for name, info in seen.items()]
+    sizes = sorted({r.get("n_real") for r in evaluation.get("regimes", []) if r["train_set"] == "real"})
+    return table_html(["model", "id", "dataset", "version", "split", "images", "labelled images"], rows,
+                      f"Labels every model behind the synthetic data saw. The scarce downstream regimes see {sizes} labelled "
+                      "real images: where a generator or expert saw more, the gain is a distillation bound, not a scarce-data "
+                      "result.", f"labels-seen-{evaluation['task']}", "model", text_columns=7)
 
 
 def downstream_plot(evaluation: Mapping[str, Any]) -> bytes:
-    """Metric vs amount of real data, one line per train set; synthetic-only as a horizontal band."""
+    """Metric vs amount of real data, one line per train set; synthetic-only and full-real as horizontal bands."""
     metric = METRIC_NAMES.get(evaluation["metric"], evaluation["metric"])
-    figure = _new_figure(6, 3.6)
+    figure = _new_figure(6.5, 3.6)
     ax = figure.subplots()
-    fractions = sorted({r["real_fraction"] for r in evaluation["regimes"] if r["train_set"] != "synthetic"})
-    for train_set in ("real", "real+synthetic"):
+    fractions = sorted({r["real_fraction"] for r in evaluation["regimes"] if r["train_set"] not in ("synthetic", "full-real")})
+    for train_set in ("real", "real+synthetic", "real+oracle", "synthetic->real"):
         rows = sorted((r for r in evaluation["regimes"] if r["train_set"] == train_set and r.get("mean") is not None),
                       key=lambda r: r["real_fraction"])
         if rows:
@@ -343,27 +437,27 @@ def downstream_plot(evaluation: Mapping[str, Any]) -> bytes:
             ax.errorbar([100 * r["real_fraction"] for r in rows], [r["mean"] for r in rows], yerr=[r.get("std") or 0 for r in rows],
                         color=style["color"], marker=style["marker"], capsize=3, label=style["label"])
     for row in evaluation["regimes"]:
-        if row["train_set"] == "synthetic" and row.get("mean") is not None:
-            style = TRAIN_SET_STYLE["synthetic"]
+        if row["train_set"] in ("synthetic", "full-real") and row.get("mean") is not None:
+            style = TRAIN_SET_STYLE[row["train_set"]]
             ax.axhline(row["mean"], color=style["color"], linestyle="--", label=style["label"])
             ax.axhspan(row["mean"] - (row.get("std") or 0), row["mean"] + (row.get("std") or 0), color=style["color"], alpha=0.15)
     if fractions and max(fractions) / max(min(fractions), 1e-9) >= 4:
         ax.set_xscale("log")
-    ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g}%" for f in fractions])
+    ax.set_xticks([100 * f for f in fractions], [_pct(f) for f in fractions])
     ax.set_xlabel("real training data used (share of the real training split)")
     ax.set_ylabel(f"{metric} on real test split")
     ax.set_title(f"{evaluation['task']}: {metric} vs amount of real data")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     return figure_png(figure)
 
 
 def per_class_plot(evaluation: Mapping[str, Any]) -> bytes:
-    """Per-class metric at the scarcest real fraction: real only vs real + synthetic (vs synthetic only)."""
+    """Per-class metric at the scarcest real fraction, one bar per train set."""
     classes = list(evaluation.get("classes", PATHOLOGIES))
-    real_rows = [r for r in evaluation["regimes"] if r["train_set"] != "synthetic"]
+    real_rows = [r for r in evaluation["regimes"] if r["train_set"] not in ("synthetic", "full-real")]
     scarcest = min((r["real_fraction"] for r in real_rows), default=None)
-    chosen = [r for r in evaluation["regimes"] if r["real_fraction"] == scarcest or r["train_set"] == "synthetic"]
-    figure = _new_figure(7, 3)
+    chosen = [r for r in evaluation["regimes"] if r["real_fraction"] == scarcest or r["train_set"] in ("synthetic", "full-real")]
+    figure = _new_figure(7.5, 3)
     ax = figure.subplots()
     width = 0.8 / max(len(chosen), 1)
     x = np.arange(len(classes))
@@ -373,26 +467,31 @@ def per_class_plot(evaluation: Mapping[str, Any]) -> bytes:
                color=TRAIN_SET_STYLE[row["train_set"]]["color"], label=TRAIN_SET_STYLE[row["train_set"]]["label"])
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel(METRIC_NAMES.get(evaluation["metric"], evaluation["metric"]))
-    ax.set_title(f"per class, {100 * (scarcest or 0):g}% real data")
-    ax.legend(fontsize=8)
+    ax.set_title(f"per class, {_pct(scarcest or 0)} real data")
+    ax.legend(fontsize=7)
     return figure_png(figure)
 
 
 def downstream_section(evaluation: Mapping[str, Any]) -> str:
-    """The tables and plots of one task's `evaluation.json` document."""
+    """The headline, tables and plots of one task's `evaluation.json` document."""
     task, metric = evaluation["task"], METRIC_NAMES.get(evaluation["metric"], evaluation["metric"])
     parts = [f"<h2 id=\"downstream-{html.escape(task)}-section\">Downstream {html.escape(task)} ({metric})</h2>"]
     config = evaluation.get("config", {})
     parts.append(
-        f"<p>Models trained from scratch for the same number of steps in every regime, on a share of the real "
-        f"training split ({evaluation.get('real_train', {}).get('n', '?')} images in all) alone, with the "
-        f"{(evaluation.get('synthetic') or {}).get('n', 0)} accepted synthetic samples added, or on the synthetic "
-        f"samples alone; {config.get('seeds', '?')} seeds each. Wall time {fmt(evaluation.get('seconds'), 1)} s.</p>"
+        f"<p>Models trained from scratch on a share of the real training split "
+        f"({evaluation.get('real_train', {}).get('n', '?')} images in all) alone, with the "
+        f"{(evaluation.get('synthetic') or {}).get('n', 0)} accepted synthetic samples added, with as many real samples "
+        f"of the same class mix added instead (the oracle), or pre-trained on the synthetic samples and fine-tuned on the "
+        f"real ones; {config.get('seeds', '?')} paired seeds each. Wall time {fmt(evaluation.get('seconds'), 1)} s.</p>"
     )
-    parts.append(downstream_table(evaluation))
+    parts.append(headline_section(evaluation))
     parts.append(gains_table(evaluation))
+    parts.append(comparisons_table(evaluation))
+    parts.append(downstream_table(evaluation))
+    parts.append(fidelity_table(evaluation))
+    parts.append(labels_seen_table(evaluation))
     parts.append(figure_html(downstream_plot(evaluation), f"{metric} on the real test split vs the share of real training data "
-                             "(error bars: std over seeds; dashed: synthetic only).", f"{task} {metric} vs real data"))
+                             "(error bars: std over seeds; dashed: synthetic only and the full-real ceiling).", f"{task} {metric} vs real data"))
     parts.append(figure_html(per_class_plot(evaluation), f"Per-class {metric} at the scarcest real fraction.", f"{task} per class"))
     return "".join(parts)
 

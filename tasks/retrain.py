@@ -1,26 +1,42 @@
-"""Downstream retraining: does synthetic data help models trained on scarce real data?
+"""Downstream retraining: does synthetic data help models trained on scarce real data, and how much of what
+perfect data would give does it reach?
 
-For each regime - a fraction of the real training split alone ("real"), the same real images plus the
-accepted synthetic samples ("real+synthetic"), or the synthetic samples alone ("synthetic") - a small model
-is trained from scratch for a fixed number of steps (the same compute in every regime) and scored on the
-held-out real test split, for several seeds. Real and real+synthetic runs of one seed share the real subset
-and the initial weights, so their difference is the effect of the synthetic data alone.
+For each real fraction (a seeded share of the real training split, nested across fractions) and each seed,
+small models are trained from scratch on:
+
+    real              the scarce real subset alone (the baseline)
+    real+synthetic    the subset plus the accepted synthetic samples
+    real+oracle       the subset plus as many *real* samples from outside it, drawn with the synthetic set's class
+                      mix: what a perfect generator would give (the oracle)
+    synthetic->real   pre-trained on the synthetic samples alone, then fine-tuned on the subset
+and, once per seed, on the synthetic samples alone ("synthetic", the pre-training of the row above) and, for a
+few seeds, on the whole real training split ("full-real", the ceiling).
+
+Every model trains until its Dice (or mAP) on the real *validation* split stops improving (checked every
+`eval_every` steps, at most `max_steps`, patience `patience` checks); the best validation checkpoint is
+scored on the held-out real test split. Regimes of one seed share the real subset and the initial weights,
+so the difference to "real" is the effect of the added data alone; the comparison over seeds is a two-sided
+paired t-test (`paired_comparison`), and "significant" means p < `alpha`. The share of the oracle's gain
+that the synthetic data reaches is the figure that says how good the generators are.
 
     segmentation  MONAI UNet, one sigmoid channel per pathology class  -> Dice (metrics.dice_per_class)
     detection     torchvision RetinaNet with a tiny backbone, boxes from mask components -> mAP@0.5
 
-Augmentation moves image and masks together with MONAI dictionary transforms (bilinear for the image,
-nearest for the masks), seeded explicitly; boxes are derived after augmentation, so they move too.
-No pretrained weights anywhere: every model starts from a seeded random initialisation.
+Runs are independent jobs executed by `workers` processes with one torch thread each (tiny models: two
+single-threaded runs beat one two-threaded run on 2 cores); every job draws only from its own seeds, so
+the document does not depend on the number of workers. No pretrained weights anywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -29,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from aurad_models import metrics
+from aurad_models.augmentation import AugmentationConfig, PairedAugmentation
 from aurad_models.pixels import stored_to_unit, unit_to_model
 from aurad_models.seeding import derive_seed, torch_generator
 from aurad_models.vocabulary import PATHOLOGIES
@@ -38,10 +55,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-TrainSet = Literal["real", "real+synthetic", "synthetic"]
+SCHEMA_VERSION = 2
+TrainSet = Literal["real", "real+synthetic", "real+oracle", "synthetic->real", "synthetic", "full-real"]
 Task = Literal["segmentation", "detection"]
 TASK_METRIC = {"segmentation": "dice", "detection": "map50"}
+COMPARED: tuple[str, ...] = ("real+synthetic", "real+oracle", "synthetic->real")
+TEST_METHOD = "two-sided paired t-test over seeds (same real subset and initial weights in both arms)"
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -62,6 +81,17 @@ class LabelledImages:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def present(self) -> np.ndarray:
+        """(N, C) bool: which classes each sample's masks hold."""
+        return self.masks.reshape(len(self), self.masks.shape[1], -1).any(axis=2)
+
+    def class_mix(self) -> dict[str, float]:
+        """Share of samples holding each class, and of samples with none ('normal')."""
+        present = self.present()
+        mix = {label: float(present[:, c].mean()) if len(self) else 0.0 for c, label in enumerate(PATHOLOGIES[: present.shape[1]])}
+        mix["normal"] = float((~present.any(axis=1)).mean()) if len(self) else 0.0
+        return mix
 
     def subset(self, indices: np.ndarray) -> "LabelledImages":
         return LabelledImages(self.images[indices], self.masks[indices])
@@ -103,6 +133,23 @@ def real_subset(n: int, fraction: float, seed: int, min_count: int = 4) -> np.nd
     return np.sort(np.random.default_rng(seed).permutation(n)[:count])
 
 
+def oracle_subset(present: np.ndarray, exclude: np.ndarray, wanted: np.ndarray, seed: int) -> np.ndarray:
+    """Real samples standing in for synthetic ones: indices into `present` (N, C) outside `exclude`, one per
+    row of `wanted` (M, C) with the same set of classes where the pool has one, else the nearest set
+    (fewest differing classes), drawn without replacement in a seeded order. At most the pool's size."""
+    rng = np.random.default_rng(seed)
+    pool = np.setdiff1d(np.arange(len(present)), exclude)
+    pool = pool[rng.permutation(len(pool))]
+    available = np.ones(len(pool), dtype=bool)
+    chosen = []
+    for row in wanted[rng.permutation(len(wanted))][: len(pool)]:
+        distance = (present[pool] != row).sum(axis=1) + np.where(available, 0, len(row) + 1)
+        k = int(np.argmin(distance))  # first (random) sample of the smallest distance
+        chosen.append(pool[k])
+        available[k] = False
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
 def boxes_from_masks(masks: np.ndarray, min_area: int = 4) -> dict[str, np.ndarray]:
     """Detection targets from one sample's masks (C, H, W): a box (x1, y1, x2, y2) per connected component
     (8-connected) of each class channel, label = channel index. Components under `min_area` pixels are
@@ -131,35 +178,46 @@ def boxes_from_masks(masks: np.ndarray, min_area: int = 4) -> dict[str, np.ndarr
 # --- configuration -------------------------------------------------------------------------------
 
 
-class SegmentationConfig(BaseModel):
-    """A small MONAI UNet trained for a fixed number of steps."""
+def _downstream_augmentation() -> AugmentationConfig:
+    return AugmentationConfig(affine_prob=0.5, rotate_degrees=8.0, scale=0.08, translate_fraction=0.05,
+                              intensity_prob=0.5, gamma=(0.85, 1.18), noise_prob=0.3, noise_std=0.02)
+
+
+class TrainingSchedule(BaseModel):
+    """How long a downstream model trains: until the real validation metric stops improving."""
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: tuple[int, ...] = Field((8, 16, 32), description="UNet channels per level")
-    strides: tuple[int, ...] = Field((2, 2), description="UNet down-sampling strides (one fewer than channels)")
-    num_res_units: int = Field(0, ge=0, description="0: plain conv blocks (half the cost of 1, learned as well at 64 px)")
-    steps: int = Field(300, ge=1, description="optimiser steps, the same in every regime")
+    max_steps: int = Field(1500, ge=1, description="optimiser steps at most")
+    eval_every: int = Field(100, ge=1, description="steps between validation checks (the best check is kept)")
+    patience: int = Field(4, ge=1, description="stop after this many checks without a better validation score")
     batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(1e-2, gt=0)
+    learning_rate: float = Field(5e-3, gt=0, description="peak of the one-cycle schedule (warm-up, cosine decay over max_steps)")
+    finetune_learning_rate: float = Field(2e-3, gt=0, description="peak when fine-tuning a pre-trained model")
     augment: bool = True
-    loader_workers: int = Field(1, ge=0, le=1, description="1: augment in a worker process beside training; 0: in-process")
+    augmentation: AugmentationConfig = Field(default_factory=_downstream_augmentation)
+
+
+class SegmentationConfig(TrainingSchedule):
+    """A small MONAI UNet (multi-label sigmoid, Dice + BCE)."""
+
+    channels: tuple[int, ...] = Field((8, 16, 32, 64), description="UNet channels per level")
+    strides: tuple[int, ...] = Field((2, 2, 2), description="UNet down-sampling strides (one fewer than channels)")
+    num_res_units: int = Field(0, ge=0, description="0: plain conv blocks (half the cost of 1 at 64 px)")
+    norm: Literal["batch", "instance"] = "batch"
     prior: float = Field(0.02, gt=0, lt=0.5, description="initial foreground probability of every output pixel")
     threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid threshold for a predicted mask")
 
 
-class DetectionConfig(BaseModel):
-    """A RetinaNet with a tiny convolutional backbone (no pretrained weights), fixed steps."""
+class DetectionConfig(TrainingSchedule):
+    """A RetinaNet with a tiny convolutional backbone (no pretrained weights)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    backbone_channels: tuple[int, ...] = Field((16, 32, 64), description="conv widths; every layer but the last halves the size")
-    anchor_sizes: tuple[float, ...] = Field((4, 8, 16, 32), description="anchor sides in pixels at 64 px (scaled with the image)")
-    steps: int = Field(200, ge=1)
+    max_steps: int = Field(800, ge=1)
     batch_size: int = Field(8, ge=1)
     learning_rate: float = Field(2e-3, gt=0)
-    augment: bool = True
-    loader_workers: int = Field(1, ge=0, le=1, description="1: augment in a worker process beside training; 0: in-process")
+    finetune_learning_rate: float = Field(1e-3, gt=0)
+    backbone_channels: tuple[int, ...] = Field((16, 32, 64), description="conv widths; every layer but the last halves the size")
+    anchor_sizes: tuple[float, ...] = Field((4, 8, 16, 32), description="anchor sides in pixels at 64 px (scaled with the image)")
     min_box_area: int = Field(4, ge=1, description="smallest mask component (pixels at 64 px) that becomes a box")
     score_threshold: float = Field(0.05, ge=0, lt=1)
 
@@ -171,109 +229,27 @@ class DownstreamConfig(BaseModel):
 
     tasks: tuple[Task, ...] = ("segmentation",)
     real_fractions: tuple[float, ...] = Field((0.05, 0.10), description="shares of the real training split")
-    synthetic_only: bool = Field(True, description="also train on the synthetic samples alone")
-    full_real: bool = Field(False, description="also train on the whole real training split (the ceiling)")
-    seeds: int = Field(2, ge=1)
+    seeds: int = Field(8, ge=1, description="paired seeds per regime (8 resolve a gain of about 0.015 Dice here)")
     base_seed: int = 0
     min_real: int = Field(4, ge=1, description="least number of real images in a scarce subset")
+    oracle: bool = Field(True, description="also train with real samples in place of the synthetic ones (same count and class mix)")
+    pretrain_fractions: tuple[float, ...] | None = Field(
+        None, description="real fractions at which synthetic->real (pre-train on synthetic, fine-tune on real) runs; None: all")
+    synthetic_only: bool = Field(True, description="report the synthetic-only models (the pre-training of synthetic->real)")
+    full_real_seeds: int = Field(2, ge=0, description="seeds of the full-real ceiling (0: none)")
     max_synthetic: int | None = Field(None, ge=1, description="cap on synthetic samples used (None: all accepted)")
-    torch_threads: int | None = Field(
-        1, ge=1, description="torch intra-op threads while training and scoring (restored after); None: leave "
-        "torch's setting. 1 because these models are tiny: measured 3x faster than 2 threads on a busy 2-core "
-        "machine, and the augmentation worker takes the other core")
     synthetic_share: float | None = Field(
-        None, gt=0, lt=1, description="real+synthetic: share of each batch drawn from the synthetic samples "
+        None, gt=0, lt=1, description="real+synthetic / real+oracle: share of each batch drawn from the added samples "
         "(None: uniform over the union, so in proportion to the numbers of samples)")
-    segmentation: SegmentationConfig = SegmentationConfig()
-    detection: DetectionConfig = DetectionConfig()
+    alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the paired test")
+    useful_dice: float = Field(0.5, gt=0, le=1, description="a mask counts as usable when a real-trained segmenter "
+                               "re-finds it with at least this Dice (the paper's 'clinically useful')")
+    workers: int = Field(2, ge=0, description="processes that train models at once (one torch thread each); 0: in this process")
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
 
 
-# --- augmentation --------------------------------------------------------------------------------
-
-
-def make_augmentation(seed: int, image_size: int):
-    """MONAI dictionary transforms over {"image": (1, H, W), "label": (C, H, W)}: one random affine drawn for
-    both keys (bilinear for the image, nearest for the masks), then intensity jitter on the image only.
-
-    No left-right flip: it would put the heart on the wrong side. Seeded from `seed`, independent of any
-    global random state.
-    """
-    from monai.transforms import Compose, RandAffined, RandGaussianNoised, RandScaleIntensityd
-
-    shift = 0.05 * image_size
-    transform = Compose(
-        [
-            RandAffined(
-                keys=("image", "label"),
-                prob=0.5,  # the affine is most of the augmentation cost: half the samples keep their geometry
-                rotate_range=(math.radians(8),),
-                scale_range=(0.08, 0.08),
-                translate_range=(shift, shift),
-                mode=("bilinear", "nearest"),
-                padding_mode=("border", "zeros"),
-            ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandGaussianNoised(keys="image", prob=0.3, std=0.02),
-        ]
-    )
-    transform.set_random_state(seed=seed % 2**32)
-    return transform
-
-
-def _batch(data: LabelledImages, indices: np.ndarray, augmentation) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (B, 1, H, W) in the model range [-1, 1] and masks (B, C, H, W) float, augmented if asked."""
-    images = torch.from_numpy(data.images[indices])[:, None]
-    masks = torch.from_numpy(data.masks[indices].astype(np.float32))
-    if augmentation is not None:
-        pairs = [augmentation({"image": image, "label": mask}) for image, mask in zip(images, masks)]
-        images = torch.stack([_plain(p["image"]) for p in pairs]).clamp(0, 1)
-        masks = torch.stack([_plain(p["label"]) for p in pairs])
-    return unit_to_model(images), masks
-
-
-def _plain(x: Any) -> torch.Tensor:
-    """A float tensor without MONAI's metadata (a MetaTensor when transforms run with metadata tracking)."""
-    return (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)).float()
-
-
-class TrainingBatches(torch.utils.data.IterableDataset):
-    """`steps` batches of random training samples, augmented, as one seeded stream.
-
-    Served by a DataLoader worker process so that MONAI's per-sample transforms (many small tensor ops,
-    which crawl when they compete for threads with the training step) run single-threaded beside the
-    training. All randomness is created inside `__iter__` from `seed`: the stream is identical with zero or
-    one worker.
-    """
-
-    def __init__(
-        self, data: LabelledImages, steps: int, batch_size: int, seed: int, augment: bool, weights: np.ndarray | None = None
-    ) -> None:
-        self.data, self.steps, self.batch_size, self.seed, self.augment = data, steps, batch_size, seed, augment
-        self.p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
-
-    def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        if worker is not None and worker.num_workers > 1:
-            raise ValueError("TrainingBatches is one seeded stream: use at most one worker")
-        if worker is not None:
-            from monai.data import set_track_meta
-
-            set_track_meta(False)  # this worker process only: plain tensors, no metadata bookkeeping
-        rng = np.random.default_rng(derive_seed(self.seed, "batches"))
-        augmentation = make_augmentation(derive_seed(self.seed, "augment"), self.data.images.shape[-1]) if self.augment else None
-        for _ in range(self.steps):
-            yield _batch(self.data, rng.choice(len(self.data), self.batch_size, p=self.p), augmentation)
-
-
-def training_batches(
-    data: LabelledImages, steps: int, batch_size: int, seed: int, augment: bool, workers: int, weights: np.ndarray | None = None
-):
-    """Iterate the training stream, in a worker process when `workers` is 1 (the default). `weights`: per
-    sample drawing weights (None: uniform)."""
-    stream = TrainingBatches(data, steps, batch_size, seed, augment, weights)
-    if workers == 0:
-        return iter(stream)
-    return iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=1, prefetch_factor=4))
+# --- models --------------------------------------------------------------------------------------
 
 
 def seeded_init(model: nn.Module, seed: int) -> nn.Module:
@@ -290,9 +266,6 @@ def seeded_init(model: nn.Module, seed: int) -> nn.Module:
     return model
 
 
-# --- segmentation --------------------------------------------------------------------------------
-
-
 def build_segmenter(config: SegmentationConfig, n_classes: int = len(PATHOLOGIES)) -> nn.Module:
     from monai.networks.nets import UNet
 
@@ -300,32 +273,8 @@ def build_segmenter(config: SegmentationConfig, n_classes: int = len(PATHOLOGIES
         raise ValueError(f"UNet needs one stride fewer than channels, got {config.channels} and {config.strides}")
     return UNet(
         spatial_dims=2, in_channels=1, out_channels=n_classes, channels=config.channels,
-        strides=config.strides, num_res_units=config.num_res_units,
+        strides=config.strides, num_res_units=config.num_res_units, norm=config.norm,
     )
-
-
-def train_segmenter(
-    data: LabelledImages, config: SegmentationConfig, seed: int, weights: np.ndarray | None = None
-) -> nn.Module:
-    """Train a UNet (multi-label sigmoid, Dice + BCE loss) for `config.steps` steps on `data`, drawing
-    samples by `weights` (None: uniformly)."""
-    from monai.losses import DiceCELoss
-
-    if len(data) == 0:
-        raise ValueError("no training samples")
-    model = seeded_init(build_segmenter(config, data.masks.shape[1]), derive_seed(seed, "init"))
-    set_output_prior(model, data.masks.shape[1], config.prior)
-    model.train()
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    # batch=True: Dice over the whole batch per class, so a sample without a finding adds no degenerate
-    # 0/0 term; BCE beside it gives every pixel a gradient from the first step
-    loss_fn = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    for images, masks in training_batches(data, config.steps, config.batch_size, seed, config.augment, config.loader_workers, weights):
-        optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images), masks)
-        loss.backward()
-        optimiser.step()
-    return model.eval()
 
 
 @torch.no_grad()
@@ -342,20 +291,19 @@ def set_output_prior(model: nn.Module, n_classes: int, prior: float) -> None:
 @torch.no_grad()
 def predict_masks(model: nn.Module, images01: np.ndarray, threshold: float = 0.5, batch_size: int = 64) -> np.ndarray:
     """Binary masks (N, C, H, W) uint8 from a segmenter."""
+    was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images01), batch_size):
         x = unit_to_model(torch.from_numpy(np.asarray(images01[start : start + batch_size], np.float32))[:, None])
         out.append((torch.sigmoid(model(x)) >= threshold).to(torch.uint8).numpy())
+    model.train(was_training)
     return np.concatenate(out)
 
 
 def evaluate_segmenter(model: nn.Module, test: LabelledImages, threshold: float = 0.5) -> dict[str, Any]:
     """Dice per class and its macro mean on `test` (empty-empty cases left out, see metrics.dice_scores)."""
     return metrics.dice_per_class(predict_masks(model, test.images, threshold), test.masks)
-
-
-# --- detection -----------------------------------------------------------------------------------
 
 
 def build_detector(config: DetectionConfig, image_size: int, n_classes: int = len(PATHOLOGIES)) -> nn.Module:
@@ -404,128 +352,247 @@ def retinanet_head_init(model: nn.Module, seed: int, prior: float = 0.01) -> Non
     nn.init.constant_(model.head.classification_head.cls_logits.bias, -math.log((1 - prior) / prior))
 
 
-def _detection_targets(masks: torch.Tensor, min_area: int) -> list[dict[str, torch.Tensor]]:
-    targets = []
-    for mask in masks.numpy():
-        found = boxes_from_masks(mask, min_area)
-        targets.append({"boxes": torch.from_numpy(found["boxes"]), "labels": torch.from_numpy(found["labels"] + 1)})
-    return targets
-
-
-def train_detector(data: LabelledImages, config: DetectionConfig, seed: int, weights: np.ndarray | None = None) -> nn.Module:
-    """Train the detector for `config.steps` steps; boxes come from the (augmented) masks' components."""
-    if len(data) == 0:
-        raise ValueError("no training samples")
-    size = data.images.shape[-1]
-    min_area = max(1, int(round(config.min_box_area * (size / 64) ** 2)))
-    model = seeded_init(build_detector(config, size, data.masks.shape[1]), derive_seed(seed, "init"))
-    retinanet_head_init(model, derive_seed(seed, "head"))
-    model.train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    for images, masks in training_batches(data, config.steps, config.batch_size, seed, config.augment, config.loader_workers, weights):
-        losses = model(list(images), _detection_targets(masks, min_area))
-        optimiser.zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimiser.step()
-    return model.eval()
+def _min_box_area(config: DetectionConfig, size: int) -> int:
+    return max(1, int(round(config.min_box_area * (size / 64) ** 2)))
 
 
 @torch.no_grad()
 def predict_boxes(model: nn.Module, images01: np.ndarray, batch_size: int = 32) -> list[dict[str, np.ndarray]]:
     """Per image {"boxes", "scores", "labels" (our class indices)}."""
+    was_training = model.training
     model.eval()
     out = []
     for start in range(0, len(images01), batch_size):
         x = unit_to_model(torch.from_numpy(np.asarray(images01[start : start + batch_size], np.float32))[:, None])
         for found in model(list(x)):
             out.append({"boxes": found["boxes"].numpy(), "scores": found["scores"].numpy(), "labels": found["labels"].numpy() - 1})
+    model.train(was_training)
     return out
 
 
 def evaluate_detector(model: nn.Module, test: LabelledImages, min_box_area: int = 4) -> dict[str, Any]:
     """mAP@0.5 on `test`, ground-truth boxes from its masks' components."""
-    size = test.images.shape[-1]
-    min_area = max(1, int(round(min_box_area * (size / 64) ** 2)))
+    min_area = max(1, int(round(min_box_area * (test.images.shape[-1] / 64) ** 2)))
     targets = [boxes_from_masks(mask, min_area) for mask in test.masks]
     return metrics.mean_average_precision(predict_boxes(model, test.images), targets)
 
 
-# --- regimes -------------------------------------------------------------------------------------
+@dataclass
+class DownstreamModel:
+    """How one task builds, trains and scores its model (see `downstream_model`)."""
+
+    config: TrainingSchedule
+    build: Callable[[int, int], nn.Module]  # (image size, seed) -> a freshly initialised model
+    loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, images [-1, 1], masks) -> loss
+    score: Callable[[nn.Module, LabelledImages], dict[str, Any]]  # -> {"mean", "per_class", ...}
 
 
-@dataclass(frozen=True)
-class Regime:
-    """One training set: a real fraction (0 for synthetic-only) and what is trained on."""
-
-    real_fraction: float
-    train_set: TrainSet
-
-
-def plan_regimes(config: DownstreamConfig, with_synthetic: bool) -> list[Regime]:
-    """Real and real+synthetic at every fraction, then synthetic-only and the full-real ceiling if asked."""
-    regimes: list[Regime] = []
-    for fraction in sorted(config.real_fractions):
-        regimes.append(Regime(fraction, "real"))
-        if with_synthetic:
-            regimes.append(Regime(fraction, "real+synthetic"))
-    if with_synthetic and config.synthetic_only:
-        regimes.append(Regime(0.0, "synthetic"))
-    if config.full_real:
-        regimes.append(Regime(1.0, "real"))
-    return regimes
-
-
-def mixing_weights(sizes: Sequence[int], synthetic_share: float | None) -> np.ndarray | None:
-    """Drawing weights for [real, synthetic] parts: each batch holds `synthetic_share` synthetic samples on
-    average. None (or a single part): uniform over all samples, i.e. in proportion to the parts' sizes."""
-    if synthetic_share is None or len(sizes) < 2:
-        return None
-    real, synthetic = sizes
-    return np.concatenate([np.full(real, (1 - synthetic_share) / real), np.full(synthetic, synthetic_share / synthetic)])
-
-
-def _trainer(
-    task: Task, config: DownstreamConfig
-) -> tuple[Callable[[LabelledImages, int, np.ndarray | None], nn.Module], Callable[[nn.Module, LabelledImages], dict[str, Any]]]:
+def downstream_model(task: Task, config: DownstreamConfig) -> DownstreamModel:
+    """The task's model, loss and metric."""
     if task == "segmentation":
         seg = config.segmentation
-        return (lambda data, seed, w: train_segmenter(data, seg, seed, w)), (lambda model, test: evaluate_segmenter(model, test, seg.threshold))
+        from monai.losses import DiceCELoss
+
+        # batch=True: Dice over the whole batch per class, so a sample without a finding adds no degenerate
+        # 0/0 term; BCE beside it gives every pixel a gradient from the first step
+        dice_ce = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+
+        def build(size: int, seed: int) -> nn.Module:
+            model = seeded_init(build_segmenter(seg), derive_seed(seed, "init"))
+            set_output_prior(model, len(PATHOLOGIES), seg.prior)
+            return model
+
+        return DownstreamModel(seg, build, lambda model, x, y: dice_ce(model(x), y),
+                               lambda model, data: evaluate_segmenter(model, data, seg.threshold))
     if task == "detection":
         det = config.detection
-        return (lambda data, seed, w: train_detector(data, det, seed, w)), (lambda model, test: evaluate_detector(model, test, det.min_box_area))
+
+        def build(size: int, seed: int) -> nn.Module:
+            model = seeded_init(build_detector(det, size), derive_seed(seed, "init"))
+            retinanet_head_init(model, derive_seed(seed, "head"))
+            return model
+
+        def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            area = _min_box_area(det, x.shape[-1])
+            targets = []
+            for mask in y.numpy():
+                found = boxes_from_masks(mask, area)
+                targets.append({"boxes": torch.from_numpy(found["boxes"]), "labels": torch.from_numpy(found["labels"] + 1)})
+            return sum(model(list(x), targets).values())
+
+        return DownstreamModel(det, build, loss, lambda model, data: evaluate_detector(model, data, det.min_box_area))
     raise ValueError(f"unknown task {task!r}; known: {', '.join(TASK_METRIC)}")
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value); None for no values."""
-    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], np.float64)
-    if arr.size == 0:
-        return None, None
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+# --- training ------------------------------------------------------------------------------------
 
 
-def run_downstream(
-    task: Task,
-    real_train: LabelledImages,
-    real_test: LabelledImages,
-    synthetic: LabelledImages | None,
-    config: DownstreamConfig,
-    sources: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train and score every regime x seed for one task; returns the `evaluation.json` document.
+@dataclass
+class FitResult:
+    """A trained model (its best validation checkpoint) and how the training went."""
 
-    Shape (one file per task; detection has the same shape with "metric": "map50"):
-        {"schema_version", "task", "metric", "classes", "regimes": [{"real_fraction", "train_set", "n_real",
-         "n_synthetic", "mean", "std", "seeds", "values", "per_class", "per_class_std", "seconds"
-         (+ "pooled_mean", "pooled_std" for segmentation: dataset-level Dice, see metrics.dice_per_class)}],
-         "gains": [{"real_fraction", "real", "real+synthetic", "gain", "gain_std", "improved"}],
-         "test": {"n"}, "real_train": {"n"}, "synthetic": {"n"} | None, "config", "sources", "seconds"}
-    `std` is the sample standard deviation over seeds; `gain` the mean over seeds of the paired
-    difference real+synthetic - real (same real subset and initial weights).
-    """
-    with torch_threads(config.torch_threads):
-        return _run_downstream(task, real_train, real_test, synthetic, config, sources)
+    model: nn.Module
+    best_step: int
+    steps: int
+    val_history: list[float | None]
+    seconds: float
+
+
+def sample_weights(sizes: Sequence[int], added_share: float | None) -> np.ndarray | None:
+    """Drawing weights for [real, added] parts: each batch holds `added_share` added samples on average.
+    None (or a single part): uniform over all samples, i.e. in proportion to the parts' sizes."""
+    if added_share is None or len(sizes) < 2:
+        return None
+    real, added = sizes
+    return np.concatenate([np.full(real, (1 - added_share) / real), np.full(added, added_share / added)])
+
+
+def fit(
+    task_model: DownstreamModel,
+    train: LabelledImages,
+    val: LabelledImages | None,
+    seed: int,
+    weights: np.ndarray | None = None,
+    init: dict[str, torch.Tensor] | None = None,
+) -> FitResult:
+    """Train from a seeded initialisation (or the weights `init`, fine-tuning) with AdamW and a one-cycle
+    schedule; keep the checkpoint with the best validation score and stop after `patience` checks without
+    a better one. Without `val`, train `max_steps` and keep the last weights."""
+    config = task_model.config
+    if len(train) == 0:
+        raise ValueError("no training samples")
+    started = time.perf_counter()
+    model = task_model.build(train.images.shape[-1], seed)
+    if init is not None:
+        model.load_state_dict(init)
+    model.train()
+    peak = config.finetune_learning_rate if init is not None else config.learning_rate
+    optimiser = torch.optim.AdamW(model.parameters(), lr=peak, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=peak, total_steps=config.max_steps,
+                                                   pct_start=min(0.3, 50 / config.max_steps + 0.05))
+    rng = np.random.default_rng(derive_seed(seed, "batches"))
+    p = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+    augment = PairedAugmentation(config.augmentation, derive_seed(seed, "augment")) if config.augment else None
+    images = torch.from_numpy(train.images)[:, None]
+    masks = torch.from_numpy(train.masks.astype(np.float32))
+    best_score, best_step, best_state, since_best = -math.inf, 0, None, 0
+    history: list[float | None] = []
+    step = 0
+    for step in range(1, config.max_steps + 1):
+        index = torch.from_numpy(rng.choice(len(train), config.batch_size, p=p))
+        x, y = images[index], masks[index]
+        if augment is not None:
+            x, y = augment(x, y)
+        loss = task_model.loss(model, unit_to_model(x), y)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        optimiser.step()
+        schedule.step()
+        if val is not None and (step % config.eval_every == 0 or step == config.max_steps):
+            score = task_model.score(model, val)["mean"]
+            history.append(score)
+            if score is not None and score > best_score:
+                best_score, best_step, since_best = score, step, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= config.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_step = step
+    return FitResult(model.eval(), best_step, step, history, time.perf_counter() - started)
+
+
+def train_segmenter(data: LabelledImages, config: SegmentationConfig, seed: int, val: LabelledImages | None = None,
+                    weights: np.ndarray | None = None) -> nn.Module:
+    """A downstream segmenter trained on `data` (its best checkpoint on `val`, if given)."""
+    return fit(downstream_model("segmentation", DownstreamConfig(segmentation=config)), data, val, seed, weights).model
+
+
+def train_detector(data: LabelledImages, config: DetectionConfig, seed: int, val: LabelledImages | None = None,
+                   weights: np.ndarray | None = None) -> nn.Module:
+    """A downstream detector trained on `data` (its best checkpoint on `val`, if given)."""
+    return fit(downstream_model("detection", DownstreamConfig(detection=config)), data, val, seed, weights).model
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One model to train and score: a regime at a real fraction for one seed."""
+
+    task: Task
+    config: DownstreamConfig
+    train_set: str
+    real_fraction: float
+    seed_index: int
+    seed: int
+    train: LabelledImages
+    val: LabelledImages | None
+    test: LabelledImages
+    n_real: int
+    n_added: int
+    weights: np.ndarray | None = None
+    init: dict[str, torch.Tensor] | None = None
+    keep_weights: bool = False  # return the trained weights (pre-training for synthetic->real)
+    resegment: LabelledImages | None = None  # also re-segment these (fidelity of the synthetic masks)
+
+
+@dataclass
+class JobResult:
+    train_set: str
+    real_fraction: float
+    seed_index: int
+    n_real: int
+    n_added: int
+    score: dict[str, Any]
+    best_step: int
+    steps: int
+    seconds: float
+    weights: dict[str, torch.Tensor] | None = None
+    resegmented: dict[str, Any] | None = None
+
+
+def run_job(job: Job) -> JobResult:
+    """Train and score one job (in a worker process or in this one)."""
+    task_model = downstream_model(job.task, job.config)
+    result = fit(task_model, job.train, job.val, job.seed, job.weights, job.init)
+    score = task_model.score(result.model, job.test)
+    resegmented = None
+    if job.resegment is not None and job.task == "segmentation":
+        resegmented = {
+            "synthetic": fidelity_summary(predict_masks(result.model, job.resegment.images, job.config.segmentation.threshold),
+                                          job.resegment.masks, job.config.useful_dice),
+            "real_test": fidelity_summary(predict_masks(result.model, job.test.images, job.config.segmentation.threshold),
+                                          job.test.masks, job.config.useful_dice),
+        }
+    weights = {k: v.detach().clone() for k, v in result.model.state_dict().items()} if job.keep_weights else None
+    return JobResult(job.train_set, job.real_fraction, job.seed_index, job.n_real, job.n_added, _plain_score(score),
+                     result.best_step, result.steps, round(result.seconds, 2), weights, resegmented)
+
+
+def _plain_score(score: dict[str, Any]) -> dict[str, Any]:
+    return {k: score[k] for k in ("mean", "per_class", "pooled") if k in score}
+
+
+def fidelity_summary(predicted: np.ndarray, masks: np.ndarray, useful_dice: float) -> dict[str, Any]:
+    """How well a real-trained segmenter re-finds a set's own masks: pooled Dice per class, and the share of
+    samples with findings whose masks it re-finds with Dice >= `useful_dice` (mean over their classes)."""
+    scores = metrics.dice_per_class(predicted, masks)
+    per_sample = metrics.dice_scores(predicted, masks)  # NaN where both are empty
+    present = masks.reshape(len(masks), masks.shape[1], -1).any(axis=2)
+    with_findings = present.any(axis=1)
+    sample_dice = np.array([np.nanmean(np.where(present[i], per_sample[i], np.nan)) for i in np.flatnonzero(with_findings)])
+    return {
+        "pooled_dice": scores["pooled"]["mean"],
+        "pooled_per_class": scores["pooled"]["per_class"],
+        "samples_with_findings": int(with_findings.sum()),
+        "useful_share": float((sample_dice >= useful_dice).mean()) if sample_dice.size else None,
+    }
 
 
 @contextmanager
@@ -543,97 +610,259 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _run_downstream(
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def execute(jobs: list[Job], followers: Callable[[JobResult], list[Job]], workers: int,
+            progress: Callable[[JobResult, int, int], None]) -> list[JobResult]:
+    """Run `jobs`, then the jobs `followers` makes from each result as soon as it is in, on `workers`
+    processes (0: here, one torch thread). Results come back in no particular order."""
+    results: list[JobResult] = []
+    if workers == 0:
+        queue = list(jobs)
+        with torch_threads(1):
+            while queue:
+                result = run_job(queue.pop(0))
+                results.append(result)
+                queue.extend(followers(result))
+                progress(result, len(results), len(results) + len(queue))
+        return results
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's Prefect and torch threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+        pending: set[Future] = {pool.submit(run_job, job) for job in jobs}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                result = future.result()
+                results.append(result)
+                pending |= {pool.submit(run_job, job) for job in followers(result)}
+                progress(result, len(results), len(results) + len(pending))
+    return results
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def paired_comparison(baseline: Sequence[float | None], other: Sequence[float | None], alpha: float = 0.05) -> dict[str, Any]:
+    """Mean of the per-seed differences other - baseline, its standard error, 95% interval and the two-sided
+    paired t-test's p-value; `significant` when p < alpha (needs at least 3 seeds)."""
+    from scipy import stats
+
+    pairs = [(a, b) for a, b in zip(baseline, other) if a is not None and b is not None]
+    d = np.asarray([b - a for a, b in pairs], np.float64)
+    n = d.size
+    out: dict[str, Any] = {"seeds": n, "gain": float(d.mean()) if n else None, "gain_std": None, "se": None,
+                           "ci95": None, "p_value": None, "significant": False}
+    if n < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    p = float(2 * stats.t.sf(abs(d.mean()) / se, n - 1)) if se > 0 else (0.0 if d.mean() != 0 else 1.0)
+    out.update(gain_std=sd, se=se, ci95=[float(d.mean() - half), float(d.mean() + half)], p_value=p,
+               significant=bool(n >= 3 and p < alpha))
+    return out
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value); None for no values."""
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], np.float64)
+    if arr.size == 0:
+        return None, None
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+# --- the evaluation ------------------------------------------------------------------------------
+
+
+def run_downstream(
     task: Task,
     real_train: LabelledImages,
     real_test: LabelledImages,
     synthetic: LabelledImages | None,
     config: DownstreamConfig,
-    sources: dict[str, Any] | None,
+    sources: dict[str, Any] | None = None,
+    real_val: LabelledImages | None = None,
+    labels_seen: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    train_fn, eval_fn = _trainer(task, config)
+    """Train and score every regime x seed for one task; returns the `evaluation.json` document.
+
+    Shape (detection has the same with "metric": "map50"):
+        {"schema_version", "task", "metric", "classes", "test_method",
+         "regimes": [{"real_fraction", "train_set", "n_real", "n_synthetic", "n_added", "mean", "std", "seeds",
+                      "values", "per_class", "per_class_std", "pooled_mean", "pooled_std", "steps", "best_steps",
+                      "seconds"}],
+         "comparisons": [{"real_fraction", "train_set", "baseline": "real", "gain", "gain_std", "se", "ci95",
+                          "p_value", "significant", "seeds"}],
+         "gains": [{"real_fraction", "real", "real+synthetic", "gain", "gain_std", "se", "ci95", "p_value",
+                    "significant", "improved", "oracle_gain", "oracle_share"}],
+         "fidelity": {"synthetic": {...}, "real_test": {...}, "ratio"} | None,
+         "labels_seen", "test": {"n"}, "val": {"n"}, "real_train": {"n"}, "synthetic": {"n", "class_mix"} | None,
+         "config", "sources", "seconds"}
+    `gain` is the mean over seeds of the paired difference to "real" (same real subset and initial weights);
+    `oracle_share` = gain of real+synthetic / gain of real+oracle at that fraction.
+    """
+    started = time.perf_counter()
     if synthetic is not None and config.max_synthetic is not None:
         synthetic = synthetic.subset(np.arange(min(len(synthetic), config.max_synthetic)))
     if synthetic is not None and len(synthetic) == 0:
         synthetic = None
-    regimes = plan_regimes(config, synthetic is not None)
-    started = time.perf_counter()
+    if real_val is None:
+        logger.warning("%s: no real validation split: every model trains its full %d steps and keeps its last weights",
+                       task, downstream_model(task, config).config.max_steps)
+    jobs, followers = plan_jobs(task, real_train, real_val, real_test, synthetic, config)
+    total = len(jobs) + sum(1 for j in jobs if j.keep_weights) * len(_pretrain_fractions(config))
+
+    def progress(result: JobResult, done: int, known: int) -> None:
+        logger.info("%s %s at %.0f%% real, seed %d: %s %s (best step %d of %d, %.1f s) [%d/%d]", task, result.train_set,
+                    100 * result.real_fraction, result.seed_index, TASK_METRIC[task], _fmt(result.score.get("mean")),
+                    result.best_step, result.steps, result.seconds, done, max(known, total))
+
+    results = execute(jobs, followers, config.workers, progress)
+    document = summarise(task, results, config)
+    document.update(
+        test={"n": len(real_test)},
+        val={"n": len(real_val) if real_val is not None else 0},
+        real_train={"n": len(real_train)},
+        synthetic={"n": len(synthetic), "class_mix": synthetic.class_mix()} if synthetic is not None else None,
+        real_class_mix=real_train.class_mix(),
+        labels_seen=labels_seen or {},
+        config=config.model_dump(mode="json"),
+        sources=sources or {},
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return document
+
+
+def _pretrain_fractions(config: DownstreamConfig) -> tuple[float, ...]:
+    return tuple(sorted(config.real_fractions if config.pretrain_fractions is None else config.pretrain_fractions))
+
+
+def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages | None, real_test: LabelledImages,
+              synthetic: LabelledImages | None, config: DownstreamConfig) -> tuple[list[Job], Callable[[JobResult], list[Job]]]:
+    """Every independent job, and how a pre-training result turns into its fine-tuning jobs."""
+    jobs: list[Job] = []
+    present = real_train.present()
+    wanted = synthetic.present() if synthetic is not None else None
+    subsets: dict[tuple[int, float], np.ndarray] = {}
+
+    def job(train_set: str, fraction: float, s: int, train: LabelledImages, n_real: int, n_added: int, **extra) -> Job:
+        return Job(task, config, train_set, fraction, s, derive_seed(config.base_seed, task, s), train, real_val, real_test,
+                   n_real, n_added, **extra)
+
+    for s in range(config.seeds):
+        seed = derive_seed(config.base_seed, task, s)
+        for fraction in sorted(config.real_fractions):
+            subset = real_subset(len(real_train), fraction, derive_seed(seed, "subset"), config.min_real)
+            subsets[(s, fraction)] = subset
+            scarce = real_train.subset(subset)
+            jobs.append(job("real", fraction, s, scarce, len(subset), 0))
+            if synthetic is None:
+                continue
+            weights = sample_weights([len(subset), len(synthetic)], config.synthetic_share)
+            jobs.append(job("real+synthetic", fraction, s, LabelledImages.concat(scarce, synthetic), len(subset), len(synthetic),
+                            weights=weights))
+            if config.oracle:
+                oracle = oracle_subset(present, subset, wanted, derive_seed(seed, "oracle", str(fraction)))
+                jobs.append(job("real+oracle", fraction, s, LabelledImages.concat(scarce, real_train.subset(oracle)), len(subset),
+                                len(oracle), weights=sample_weights([len(subset), len(oracle)], config.synthetic_share)))
+        if synthetic is not None and (config.synthetic_only or _pretrain_fractions(config)):
+            jobs.append(job("synthetic", 0.0, s, synthetic, 0, len(synthetic), keep_weights=bool(_pretrain_fractions(config))))
+    for s in range(config.full_real_seeds):
+        jobs.append(job("full-real", 1.0, s, real_train, len(real_train), 0,
+                        resegment=synthetic if s == 0 and task == "segmentation" else None))
+
+    def followers(result: JobResult) -> list[Job]:
+        if result.train_set != "synthetic" or result.weights is None:
+            return []
+        out = []
+        for fraction in _pretrain_fractions(config):
+            subset = subsets.get((result.seed_index, fraction))
+            if subset is None:
+                subset = real_subset(len(real_train), fraction,
+                                     derive_seed(derive_seed(config.base_seed, task, result.seed_index), "subset"), config.min_real)
+            out.append(job("synthetic->real", fraction, result.seed_index, real_train.subset(subset), len(subset),
+                           result.n_added, init=result.weights))
+        return out
+
+    return jobs, followers
+
+
+REGIME_ORDER = ("real", "real+synthetic", "real+oracle", "synthetic->real", "synthetic", "full-real")
+
+
+def summarise(task: Task, results: list[JobResult], config: DownstreamConfig) -> dict[str, Any]:
+    """Rows per regime, paired comparisons to "real", the headline gains with the oracle share, fidelity."""
+    groups: dict[tuple[float, str], list[JobResult]] = {}
+    for result in results:
+        groups.setdefault((result.real_fraction, result.train_set), []).append(result)
     rows = []
-    results: dict[tuple[float, str], list[dict[str, Any]]] = {}
-    for regime in regimes:
-        regime_started = time.perf_counter()
-        per_seed = []
-        n_real = 0
-        for s in range(config.seeds):
-            seed = derive_seed(config.base_seed, task, s)
-            parts = []
-            if regime.train_set != "synthetic":
-                subset = real_subset(len(real_train), regime.real_fraction, derive_seed(seed, "subset"), config.min_real)
-                n_real = len(subset)
-                parts.append(real_train.subset(subset))
-            if regime.train_set != "real":
-                parts.append(synthetic)
-            model = train_fn(LabelledImages.concat(*parts), seed, mixing_weights([len(p) for p in parts], config.synthetic_share))
-            per_seed.append(eval_fn(model, real_test))
-        results[(regime.real_fraction, regime.train_set)] = per_seed
-        mean, std = _mean_std([r["mean"] for r in per_seed])
+    by_seed: dict[tuple[float, str], dict[int, float | None]] = {}
+    for key in sorted(groups, key=lambda k: (k[1] in ("synthetic", "full-real"), k[0], REGIME_ORDER.index(k[1]))):
+        fraction, train_set = key
+        runs = sorted(groups[key], key=lambda r: r.seed_index)
+        by_seed[key] = {r.seed_index: r.score.get("mean") for r in runs}
+        mean, std = _mean_std([r.score.get("mean") for r in runs])
         per_class, per_class_std = {}, {}
         for label in PATHOLOGIES:
-            per_class[label], per_class_std[label] = _mean_std([r["per_class"][label] for r in per_seed])
+            per_class[label], per_class_std[label] = _mean_std([r.score["per_class"].get(label) for r in runs])
         row = {
-            "real_fraction": regime.real_fraction,
-            "train_set": regime.train_set,
-            "n_real": n_real,
-            "n_synthetic": len(synthetic) if regime.train_set != "real" else 0,
-            "mean": mean,
-            "std": std,
-            "seeds": config.seeds,
-            "values": [r["mean"] for r in per_seed],
-            "per_class": per_class,
-            "per_class_std": per_class_std,
-            "seconds": round(time.perf_counter() - regime_started, 2),
+            "real_fraction": fraction, "train_set": train_set, "n_real": runs[0].n_real,
+            "n_synthetic": runs[0].n_added if train_set in ("real+synthetic", "synthetic", "synthetic->real") else 0,
+            "n_added": runs[0].n_added, "mean": mean, "std": std, "seeds": len(runs),
+            "values": [r.score.get("mean") for r in runs], "per_class": per_class, "per_class_std": per_class_std,
+            "steps": [r.steps for r in runs], "best_steps": [r.best_step for r in runs],
+            "seconds": round(sum(r.seconds for r in runs), 2),
         }
-        if all("pooled" in r for r in per_seed):  # segmentation: the dataset-level Dice beside the per-sample one
-            row["pooled_mean"], row["pooled_std"] = _mean_std([r["pooled"]["mean"] for r in per_seed])
+        if all("pooled" in r.score for r in runs):
+            row["pooled_mean"], row["pooled_std"] = _mean_std([r.score["pooled"]["mean"] for r in runs])
         rows.append(row)
-        logger.info("%s %s at real %.0f%%: %s = %s +- %s (%s seeds, %.1f s)", task, regime.train_set,
-                    100 * regime.real_fraction, TASK_METRIC[task], _fmt(mean), _fmt(std), config.seeds, row["seconds"])
+
+    comparisons, gains = [], []
+    for fraction in sorted({f for f, t in groups if t == "real"}):
+        base = by_seed[(fraction, "real")]
+        found = {}
+        for train_set in COMPARED:
+            if (fraction, train_set) not in by_seed:
+                continue
+            other = by_seed[(fraction, train_set)]
+            seeds = sorted(set(base) & set(other))
+            found[train_set] = paired_comparison([base[s] for s in seeds], [other[s] for s in seeds], config.alpha)
+            comparisons.append({"real_fraction": fraction, "train_set": train_set, "baseline": "real", **found[train_set]})
+        if "real+synthetic" in found:
+            synthetic, oracle = found["real+synthetic"], found.get("real+oracle")
+            share = None
+            if oracle and oracle["gain"] is not None and oracle["gain"] > 0 and synthetic["gain"] is not None:
+                share = synthetic["gain"] / oracle["gain"]
+            gains.append({
+                "real_fraction": fraction,
+                "real": _mean_std(list(base.values()))[0],
+                "real+synthetic": _mean_std(list(by_seed[(fraction, "real+synthetic")].values()))[0],
+                **{k: synthetic[k] for k in ("gain", "gain_std", "se", "ci95", "p_value", "significant", "seeds")},
+                "improved": bool(synthetic["significant"] and synthetic["gain"] > 0),
+                "oracle_gain": oracle["gain"] if oracle else None,
+                "oracle_significant": oracle["significant"] if oracle else None,
+                "oracle_share": share,
+                "pretrain_gain": found.get("synthetic->real", {}).get("gain"),
+                "pretrain_significant": found.get("synthetic->real", {}).get("significant"),
+            })
+    fidelity = next((r.resegmented for r in results if r.resegmented is not None), None)
+    if fidelity is not None:
+        real_dice, synthetic_dice = fidelity["real_test"]["pooled_dice"], fidelity["synthetic"]["pooled_dice"]
+        fidelity["ratio"] = synthetic_dice / real_dice if real_dice and synthetic_dice is not None else None
+        fidelity["segmenter"] = "the full-real ceiling model of seed 0 (trained on the real train split only)"
     return {
         "schema_version": SCHEMA_VERSION,
         "task": task,
         "metric": TASK_METRIC[task],
         "classes": list(PATHOLOGIES),
+        "test_method": f"{TEST_METHOD}; significant at p < {config.alpha}",
         "regimes": rows,
-        "gains": _gains(results),
-        "test": {"n": len(real_test)},
-        "real_train": {"n": len(real_train)},
-        "synthetic": {"n": len(synthetic)} if synthetic is not None else None,
-        "config": config.model_dump(mode="json"),
-        "sources": sources or {},
-        "seconds": round(time.perf_counter() - started, 2),
+        "comparisons": comparisons,
+        "gains": gains,
+        "fidelity": fidelity,
     }
-
-
-def _gains(results: dict[tuple[float, str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per real fraction, the paired effect of adding the synthetic data."""
-    gains = []
-    for (fraction, train_set), with_synthetic in sorted(results.items()):
-        if train_set != "real+synthetic" or (fraction, "real") not in results:
-            continue
-        alone = results[(fraction, "real")]
-        differences = [
-            b["mean"] - a["mean"] for a, b in zip(alone, with_synthetic) if a["mean"] is not None and b["mean"] is not None
-        ]
-        gain, gain_std = _mean_std(differences)
-        gains.append({
-            "real_fraction": fraction,
-            "real": _mean_std([a["mean"] for a in alone])[0],
-            "real+synthetic": _mean_std([b["mean"] for b in with_synthetic])[0],
-            "gain": gain,
-            "gain_std": gain_std,
-            "improved": gain is not None and gain > 0,
-        })
-    return gains
 
 
 def _fmt(value: float | None) -> str:

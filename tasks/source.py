@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aurad_models.hashing import config_hash
 from aurad_models.phantom import PhantomConfig, generate_phantoms
+from aurad_models.phantom.config import PHANTOM_VERSION
 from aurad_models.pixels import to_stored
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
@@ -55,7 +56,8 @@ class SourceConfig(BaseModel):
 
 def source_build_id(config: SourceConfig) -> str:
     """Build id of a source dataset: the same config always resumes / finds the same build."""
-    return f"phantom-{config_hash(config.model_dump(mode='json', exclude={'root'}))[:16]}"
+    identity = {**config.model_dump(mode="json", exclude={"root"}), "phantom_version": PHANTOM_VERSION}
+    return f"phantom-{config_hash(identity)[:16]}"
 
 
 def sample_split(config: SourceConfig, index: int) -> str:

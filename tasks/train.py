@@ -168,7 +168,8 @@ def load_training_data(root: str | Path, dataset: str, version: str = "latest", 
     records = ds.manifest.column("findings").to_pylist()
     findings = [_findings_from_records(records[i]) for i in index]
     data = TrainingData(images, anatomy, pathology, findings,
-                        {"dataset": dataset, "version": ds.version, "split": split, "n": int(index.size)})
+                        {"dataset": dataset, "version": ds.version, "build_id": ds.lineage.get("build_id"),
+                         "split": split, "n": int(index.size)})
     return data.resized(size) if size and size != images.shape[-1] else data
 
 
@@ -380,7 +381,7 @@ def train_generator(
             lr = learning_rate(config, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with autocast(device, config.mixed_precision):
+            with autocast(device, config.mixed_precision, on_cpu=True):
                 loss = _loss(kind, model, _batch(data, index, device), derive_seed(config.seed, "loss", step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -469,9 +470,10 @@ def train_image_generator(data: TrainingData, val_data: TrainingData | None, mod
 
 
 def run_directory(root: str | Path, kind: GeneratorKind, dataset: str, version: str, model_config: BaseModel,
-                  training: TrainingConfig) -> Path:
-    """Where a run keeps its checkpoints: one folder per (data, configs), so a rerun resumes it."""
-    key = {"dataset": dataset, "version": version, "model": model_config.model_dump(mode="json"),
+                  training: TrainingConfig, build_id: str | None = None) -> Path:
+    """Where a run keeps its checkpoints: one folder per (data, configs), so a rerun resumes it. `build_id`
+    (the dataset version's content fingerprint) keeps a rebuilt v0001 from resuming an older one's run."""
+    key = {"dataset": dataset, "version": version, "build_id": build_id, "model": model_config.model_dump(mode="json"),
            "training": training.model_dump(mode="json", exclude={"time_limit_minutes", "num_threads", "device"})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return Path(root) / "training" / kind / f"{dataset}-{version}-{digest[:12]}"
@@ -484,7 +486,7 @@ def train_from_dataset(kind: GeneratorKind, root: str | Path, dataset: str, vers
     data = load_training_data(root, dataset, version, train_split, model_config.image_size)
     val_data = load_training_data(root, dataset, version, val_split, model_config.image_size) if val_split else None
     resolved = data.source["version"]
-    work_dir = run_directory(root, kind, dataset, resolved, model_config, training)
+    work_dir = run_directory(root, kind, dataset, resolved, model_config, training, data.source.get("build_id"))
     train = train_mask_generator if kind == "mask-generator" else train_image_generator
     lineage = {"dataset": dataset, "version": resolved, "train_split": train_split, "val_split": val_split}
     return train(data, val_data, model_config, training, work_dir, registry_root=root, lineage=lineage, resume=resume)

@@ -69,7 +69,11 @@ def test_published_version_reads_back_with_plain_pyarrow_and_zarr(published):
     for i in range(len(manifest)):  # checksums in the manifest match the stored bytes
         assert hashlib.sha256(np.ascontiguousarray(images[i]).astype("<u2").tobytes()).hexdigest() == manifest["image_sha256"].iloc[i]
     tries = manifest["attempt_seeds"].map(len)
-    assert (tries >= 1).all() and (tries <= 2).all()
+    assert (tries >= 1).all() and (tries <= 4).all()  # max_tries 2 on the first prompt, 2 on one redraw
+    for row in manifest.itertuples():  # after max_tries rejections the prompt is redrawn: same findings, new attributes
+        prompts = json.loads(dict(row.metadata)["attempt_prompts"])
+        assert len(prompts) == len(row.attempt_seeds) and prompts[-1] == row.prompt
+        assert len(set(prompts[:2])) == 1 and dict(row.metadata)["first_prompt"] == prompts[0]
     assert (manifest["attempt_seeds"].map(lambda s: s[-1]) == manifest["seed"]).all()
     rejected_tries = manifest["attempt_reject_reasons"].map(lambda r: all(x is not None for x in r[:-1]))
     assert rejected_tries.all()  # every try before the last was rejected, with its reason recorded
@@ -177,6 +181,22 @@ def test_a_failing_shard_gate_stops_the_build_before_the_shard_is_written(root):
     assert published_versions(root, config.dataset) == []
     staging = next((root / config.dataset / "_staging").iterdir())
     assert not list((staging / "_ledger").glob("shard-*.json"))  # no shard counted as finished
+
+
+def test_a_class_the_filter_lets_collapse_fails_the_build(root):
+    from flows.build import build_flow
+
+    config = tiny_build_config(root)
+    no_nodules = config.filter.model_copy(update={"classifier": config.filter.classifier.model_copy(
+        update={"min_auroc": None, "thresholds": {"nodule": 0.9999}, "check_absent": False})})
+    collapsing = config.model_copy(update={"filter": no_nodules, "quality": config.quality.model_copy(update={"min_class_coverage": 0.8})})
+    with pytest.raises(QualityGateFailed, match=r"\[coverage\] nodule: 0 accepted samples hold it"):
+        build_flow(collapsing)
+    assert published_versions(root, config.dataset) == []
+    staging = next((root / config.dataset / "_staging").iterdir())
+    build = json.loads((staging / "quality" / "build.json").read_text())
+    nodule = next(f for f in build["frequencies"] if f["label"] == "nodule")
+    assert nodule["accepted"] == 0 and nodule["prompted"] > 0 and nodule["produced"] == 0.0  # counts accepted samples
 
 
 def test_unknown_model_id_is_a_clear_error(root):

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from aurad_models.experts.trained import AnatomySegmenter, PathologyClassifier, TrainedAnatomyExpert, TrainedPathologyExpert
+from aurad_models.experts.trained import (
+    AnatomySegmenter,
+    LesionSegmenter,
+    PathologyClassifier,
+    TrainedAnatomyExpert,
+    TrainedLesionExpert,
+    TrainedPathologyExpert,
+)
 from aurad_models.findings import Finding
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, anatomy_index, pathology_index
 from bench.world import cycle_findings, phantom_batch
 from tasks.filtering import (
     AnatomyCheck,
     ClassifierCheck,
+    FidelityCheck,
     FilterConfig,
     FilterExperts,
     ImageStatsCheck,
@@ -21,10 +31,12 @@ from tasks.filtering import (
     filter_batch,
     vote_anatomy,
     vote_classifier,
+    vote_fidelity,
 )
 
 N = 16
-MODEL_FREE = FilterConfig(classifier=ClassifierCheck(enabled=False), anatomy=AnatomyCheck(enabled=False))
+MODEL_FREE = FilterConfig(classifier=ClassifierCheck(enabled=False), anatomy=AnatomyCheck(enabled=False),
+                          fidelity=FidelityCheck(enabled=False))
 
 
 @pytest.fixture(scope="module")
@@ -161,12 +173,13 @@ def test_filter_runs_model_experts_and_records_every_score(phantoms, reference):
         experts = FilterExperts(
             classifier=TrainedPathologyExpert(PathologyClassifier(init_features=8, growth_rate=4, block_config=(2, 2))),
             anatomy=TrainedAnatomyExpert(AnatomySegmenter(channels=(8, 16), strides=(2,), num_res_units=0)),
+            fidelity=TrainedLesionExpert(LesionSegmenter(channels=(8, 16), strides=(2,))),
         )
     results = _filter(phantoms, reference, config=FilterConfig(), experts=experts)
     for result in results:
         assert {f"classifier.{label}" for label in PATHOLOGIES} <= set(result.scores)
         assert "anatomy_dice.Left Lung" in result.scores and "anatomy_dice.Heart" in result.scores
-        assert set(result.verdicts) == {"classifier", "anatomy", "masks", "image_stats"}
+        assert set(result.verdicts) == {"classifier", "anatomy", "masks", "image_stats", "fidelity"}
         assert result.accepted == all(result.verdicts.values())
         for name, ok in result.verdicts.items():
             assert ok or result.reject_reason and f"{name}:" in result.reject_reason
@@ -174,8 +187,43 @@ def test_filter_runs_model_experts_and_records_every_score(phantoms, reference):
     assert [r.scores for r in again] == [r.scores for r in results]
     with pytest.raises(ValueError, match="no anatomy segmenter"):
         _filter(phantoms, reference, config=FilterConfig(), experts=FilterExperts(classifier=experts.classifier))
+    with pytest.raises(ValueError, match="no lesion segmenter"):
+        _filter(phantoms, reference, config=FilterConfig(), experts=replace(experts, fidelity=None))
     with pytest.raises(ValueError, match="ImageStatsReference"):
         filter_batch(phantoms.images, phantoms.anatomy, phantoms.pathology, phantoms.findings, FilterExperts(), MODEL_FREE, None)
+
+
+def test_bilateral_prompts_need_masks_on_both_sides(phantoms, reference):
+    i = 1  # a left upper nodule: claim it is bilateral
+    findings = list(phantoms.findings)
+    findings[i] = (Finding(label="nodule", side="bilateral", zone="upper"),)
+    result = _filter(phantoms, reference, findings=findings)[i]
+    assert not result.accepted and "bilateral nodule prompted but its right side is empty (0 px)" in result.reject_reason
+    assert result.scores["mask_pixels.nodule.left"] > 0 and result.scores["mask_pixels.nodule.right"] == 0
+
+
+def test_fidelity_vote_uses_what_real_images_look_like_to_the_expert():
+    masks = np.zeros((len(PATHOLOGIES), 16, 16), np.uint8)
+    effusion, consolidation, nodule = (pathology_index(x) for x in ("effusion", "consolidation", "nodule"))
+    masks[effusion, 10:, 2:8] = 1
+    found = masks.copy()
+    found[effusion, 10:, 5:8] = 0  # half re-found: Dice 2/3
+    found[consolidation, 2:6, 2:6] = 1  # 16 px of consolidation the prompt does not ask for
+    found[nodule, 3, 3] = 1  # the nodule channel the expert cannot judge
+    calibration = {
+        "effusion": {"dice": 0.7, "min_dice": 0.5, "max_absent_pixels": 3.0},
+        "consolidation": {"dice": 0.5, "min_dice": 0.3, "max_absent_pixels": 10.0},
+        "nodule": {"dice": 0.05, "min_dice": 0.0, "max_absent_pixels": 0.0},
+    }
+    check = FidelityCheck()
+    voting = check.voting(calibration)
+    assert voting == {"effusion", "consolidation"}  # nodule: validation Dice under min_expert_dice
+    scores: dict[str, float] = {}
+    problems = vote_fidelity(found, masks, {"effusion": "right"}, check, calibration, voting, scores)
+    assert scores["fidelity_dice.effusion"] == pytest.approx(2 / 3) and scores["fidelity_pixels.consolidation"] == 16
+    assert problems == ["consolidation not prompted but shows (16 px re-segmented > 10 on real images)"]
+    strict = vote_fidelity(found, masks, {"effusion": "right"}, FidelityCheck(min_dice=0.8, check_absent=False), calibration, voting, {})
+    assert strict == ["effusion re-found with Dice 0.67 < 0.80 (real images reach it)"]
 
 
 def test_acceptance_report_counts(phantoms, reference):
@@ -219,7 +267,8 @@ def test_demo_experts_accept_real_phantoms_and_reject_mismatched_prompts(tmp_pat
     reference = image_stats_reference_from_dataset(source.open(), "train")
 
     held_out = phantom_batch(range(10_000, 10_096), size=64)
-    own = filter_batch(held_out.images, held_out.anatomy, held_out.pathology, held_out.findings, experts, FilterConfig(), reference)
+    no_fidelity = FilterConfig(fidelity={"enabled": False})
+    own = filter_batch(held_out.images, held_out.anatomy, held_out.pathology, held_out.findings, experts, no_fidelity, reference)
     own_report = acceptance_report(own, held_out.findings)
     assert own_report["per_expert"]["anatomy"]["pass_rate"] >= 0.9, own_report
     assert own_report["per_expert"]["masks"]["pass_rate"] == 1.0
@@ -229,7 +278,7 @@ def test_demo_experts_accept_real_phantoms_and_reject_mismatched_prompts(tmp_pat
     order = np.roll(np.arange(len(held_out)), 1)
     swapped = [held_out.findings[j] for j in order]
     differ = [i for i in range(len(held_out)) if {f.label for f in swapped[i]} != {f.label for f in held_out.findings[i]}]
-    no_masks = FilterConfig(masks={"enabled": False})  # the masks would reject them all: judge the classifier
+    no_masks = FilterConfig(masks={"enabled": False}, fidelity={"enabled": False})  # judge the classifier alone
     mismatched = filter_batch(
         held_out.images[differ], held_out.anatomy[differ], held_out.pathology[differ], [swapped[i] for i in differ],
         experts, no_masks, reference,

@@ -51,29 +51,25 @@ def test_boxes_from_mask_components():
 
 
 def test_augmentation_moves_image_and_masks_together_and_is_seeded():
+    from aurad_models.augmentation import AugmentationConfig, PairedAugmentation
+
     data = labelled(range(4), [(Finding(label="effusion", size="large"),)] * 4)
     # an image that *is* its effusion mask: after augmentation the two must still coincide
     channel = pathology_index("effusion")
-    probe = retrain.LabelledImages(data.masks[:, channel].astype(np.float32), data.masks)
-    transform = retrain.make_augmentation(seed=5, image_size=SIZE)
-    images, masks = retrain._batch(probe, np.arange(4), transform)
-    moved = (images[:, 0] + 1) / 2  # back from the model range
-    assert not torch.equal(masks, torch.from_numpy(data.masks.astype(np.float32)))  # something moved
-    agreement = ((moved > 0.5) == (masks[:, channel] > 0.5)).float().mean()
+    probe = torch.from_numpy(data.masks[:, channel : channel + 1].astype(np.float32))
+    masks = torch.from_numpy(data.masks.astype(np.float32))
+    config = AugmentationConfig(affine_prob=1.0, rotate_degrees=8, scale=0.08, translate_fraction=0.05, noise_prob=0.0,
+                                intensity_prob=0.0)
+    images, moved = PairedAugmentation(config, seed=5)(probe, masks)
+    assert not torch.equal(moved, masks)  # something moved
+    agreement = ((images[:, 0] > 0.5) == (moved[:, channel] > 0.5)).float().mean()
     assert agreement > 0.97
-    assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}  # nearest-neighbour: masks stay binary
-    again, _ = retrain._batch(probe, np.arange(4), retrain.make_augmentation(seed=5, image_size=SIZE))
-    other, _ = retrain._batch(probe, np.arange(4), retrain.make_augmentation(seed=6, image_size=SIZE))
+    assert set(torch.unique(moved).tolist()) <= {0.0, 1.0}  # nearest-neighbour: masks stay binary
+    again, _ = PairedAugmentation(config, seed=5)(probe, masks)
+    other, _ = PairedAugmentation(config, seed=6)(probe, masks)
     assert torch.equal(images, again) and not torch.equal(images, other)
-
-
-def test_training_stream_is_the_same_in_a_worker_process():
-    data = labelled(range(6))
-    inline = list(retrain.training_batches(data, 3, 4, seed=9, augment=True, workers=0))
-    worker = list(retrain.training_batches(data, 3, 4, seed=9, augment=True, workers=1))
-    for (a_img, a_mask), (b_img, b_mask) in zip(inline, worker, strict=True):
-        torch.testing.assert_close(a_img, b_img)
-        torch.testing.assert_close(a_mask, b_mask)
+    with pytest.raises(ValueError, match="masks must be"):
+        PairedAugmentation(config, seed=5)(probe, masks[:2])
 
 
 def test_seeded_init_is_reproducible_and_leaves_the_global_rng_alone():
@@ -98,17 +94,30 @@ def test_a_tiny_segmenter_learns_effusions():
     from ~0 at initialisation to above 0.5."""
     findings = [(Finding(label="effusion", size="large"),)] * 24
     data = labelled(range(24), findings)
-    config = retrain.SegmentationConfig(steps=60, batch_size=8, augment=False, loader_workers=0, learning_rate=1e-2)
+    config = retrain.SegmentationConfig(max_steps=80, batch_size=8, augment=False, learning_rate=1e-2)
     with retrain.torch_threads(1):  # as run_downstream trains: tiny models crawl with threads on a busy machine
-        untrained = retrain.evaluate_segmenter(retrain.train_segmenter(data, config.model_copy(update={"steps": 1}), seed=0), data)
+        untrained = retrain.evaluate_segmenter(retrain.train_segmenter(data, config.model_copy(update={"max_steps": 1}), seed=0), data)
         trained = retrain.evaluate_segmenter(retrain.train_segmenter(data, config, seed=0), data)
     assert untrained["per_class"]["effusion"] < 0.2
     assert trained["per_class"]["effusion"] > 0.5
 
 
+def test_validation_picks_the_best_checkpoint_and_stops_early():
+    findings = [(Finding(label="effusion", size="large"),)] * 16
+    data, val = labelled(range(16), findings), labelled(range(100, 108), findings[:8])
+    config = retrain.SegmentationConfig(max_steps=400, eval_every=10, patience=2, batch_size=8, augment=False, learning_rate=1e-2)
+    task = retrain.downstream_model("segmentation", retrain.DownstreamConfig(segmentation=config))
+    with retrain.torch_threads(1):
+        result = retrain.fit(task, data, val, seed=0)
+    history = [v for v in result.val_history if v is not None]
+    assert result.steps < 400  # stopped: `patience` checks without a better validation score
+    assert result.best_step % 10 == 0 and result.steps - result.best_step == 2 * 10
+    assert task.score(result.model, val)["mean"] == pytest.approx(max(history))  # the best checkpoint is kept
+
+
 def test_training_is_reproducible_for_a_seed():
     data = labelled(range(8))
-    config = retrain.SegmentationConfig(steps=3, batch_size=4)
+    config = retrain.SegmentationConfig(max_steps=3, batch_size=4)
     a, b = (retrain.train_segmenter(data, config, seed=1) for _ in range(2))
     c = retrain.train_segmenter(data, config, seed=2)
     for pa, pb in zip(a.state_dict().values(), b.state_dict().values()):
@@ -118,7 +127,7 @@ def test_training_is_reproducible_for_a_seed():
 
 def test_detector_trains_and_scores_map():
     data = labelled(range(8))
-    model = retrain.train_detector(data, retrain.DetectionConfig(steps=2, batch_size=4), seed=0)
+    model = retrain.train_detector(data, retrain.DetectionConfig(max_steps=2, batch_size=4), seed=0)
     found = retrain.predict_boxes(model, data.images[:2])
     assert len(found) == 2 and found[0]["boxes"].shape[1:] == (4,)
     assert all(((f["labels"] >= 0) & (f["labels"] < len(PATHOLOGIES))).all() for f in found)
@@ -132,53 +141,48 @@ def test_a_tiny_detector_learns_cardiomegaly():
     training images above 0.8 (it reaches ~1.0 in 100 steps; ~13 core-seconds)."""
     findings = [(Finding(label="cardiomegaly", size="large"),)] * 24
     data = labelled(range(24), findings)
-    config = retrain.DetectionConfig(steps=100, batch_size=8, augment=False, loader_workers=0)
+    config = retrain.DetectionConfig(max_steps=100, batch_size=8, augment=False)
     with retrain.torch_threads(1):
         result = retrain.evaluate_detector(retrain.train_detector(data, config, seed=0), data)
     assert result["per_class"]["cardiomegaly"] > 0.8
 
 
-# --- the evaluation document -----------------------------------------------------------------------
+# --- regimes, statistics, the evaluation document ---------------------------------------------------
 
 
-def test_run_downstream_writes_the_documented_shape():
-    real, test, synthetic = labelled(range(40)), labelled(range(1000, 1010)), labelled(range(2000, 2012))
-    config = retrain.DownstreamConfig(
-        real_fractions=(0.1, 0.25), seeds=2, min_real=2,
-        segmentation=retrain.SegmentationConfig(steps=2, batch_size=4, loader_workers=0),
-    )
-    document = retrain.run_downstream("segmentation", real, test, synthetic, config, {"real": "phantom/v0001"})
-    json.dumps(document, allow_nan=True)  # plain JSON types throughout
-    assert document["task"] == "segmentation" and document["metric"] == "dice" and document["classes"] == list(PATHOLOGIES)
-    assert [(r["real_fraction"], r["train_set"]) for r in document["regimes"]] == [
-        (0.1, "real"), (0.1, "real+synthetic"), (0.25, "real"), (0.25, "real+synthetic"), (0.0, "synthetic")]
-    rows = {(r["real_fraction"], r["train_set"]): r for r in document["regimes"]}
-    assert rows[(0.1, "real")]["n_real"] == 4 and rows[(0.1, "real")]["n_synthetic"] == 0
-    assert rows[(0.1, "real+synthetic")]["n_real"] == 4 and rows[(0.1, "real+synthetic")]["n_synthetic"] == 12
-    assert rows[(0.0, "synthetic")]["n_real"] == 0 and rows[(0.25, "real")]["n_real"] == 10
-    for row in document["regimes"]:
-        assert row["seeds"] == 2 and len(row["values"]) == 2 and set(row["per_class"]) == set(PATHOLOGIES)
-        assert row["mean"] is None or (0 <= row["mean"] <= 1 and row["std"] >= 0)
-    gain = document["gains"][0]
-    assert gain["real_fraction"] == 0.1 and set(gain) == {"real_fraction", "real", "real+synthetic", "gain", "gain_std", "improved"}
-    assert document["test"] == {"n": 10} and document["synthetic"] == {"n": 12} and document["sources"] == {"real": "phantom/v0001"}
-    # without synthetic data: real regimes only, no gains
-    alone = retrain.run_downstream("segmentation", real, test, None, config.model_copy(update={"seeds": 1}))
-    assert {r["train_set"] for r in alone["regimes"]} == {"real"} and alone["gains"] == [] and alone["synthetic"] is None
+def test_oracle_takes_real_samples_outside_the_subset_with_the_synthetic_class_mix():
+    rng = np.random.default_rng(0)
+    present = rng.random((200, 7)) < 0.2
+    subset = retrain.real_subset(200, 0.1, seed=1)
+    pool = np.setdiff1d(np.arange(200), subset)
+    wanted = present[rng.choice(pool, 60, replace=False)]  # a synthetic set whose label sets all occur in the pool
+    oracle = retrain.oracle_subset(present, subset, wanted, seed=3)
+    assert len(oracle) == 60 and len(set(oracle)) == 60 and not set(oracle) & set(subset)
+    key = lambda rows: sorted(map(tuple, rows.astype(int)))  # noqa: E731
+    assert key(present[oracle]) == key(wanted)  # the same label sets, one for one
+    np.testing.assert_array_equal(oracle, retrain.oracle_subset(present, subset, wanted, seed=3))
+    # more wanted than the pool holds: the whole pool, nothing twice
+    assert len(retrain.oracle_subset(present, subset, np.repeat(wanted, 10, axis=0), seed=3)) == 200 - len(subset)
 
 
-def test_mixing_weights_give_the_synthetic_share_of_each_batch():
-    weights = retrain.mixing_weights([10, 90], synthetic_share=0.5)
+def test_paired_comparison_is_a_paired_t_test():
+    from scipy import stats
+
+    base = [0.10, 0.12, 0.09, 0.11, 0.13, 0.10, 0.08, 0.12]
+    better = [b + d for b, d in zip(base, [0.03, 0.05, 0.04, 0.02, 0.04, 0.03, 0.05, 0.04])]
+    out = retrain.paired_comparison(base, better)
+    assert out["gain"] == pytest.approx(0.0375) and out["significant"] and out["seeds"] == 8
+    assert out["p_value"] == pytest.approx(stats.ttest_rel(better, base).pvalue)
+    assert out["ci95"][0] < out["gain"] < out["ci95"][1]
+    noise = retrain.paired_comparison(base, [b + d for b, d in zip(base, [0.02, -0.03, 0.01, -0.02, 0.03, -0.01, 0.0, 0.01])])
+    assert not noise["significant"] and noise["p_value"] > 0.5
+    assert not retrain.paired_comparison(base[:2], better[:2])["significant"]  # too few seeds to call it
+
+
+def test_sample_weights_give_the_added_share_of_each_batch():
+    weights = retrain.sample_weights([10, 90], added_share=0.5)
     assert weights.sum() == pytest.approx(1.0) and weights[:10].sum() == pytest.approx(0.5)
-    assert retrain.mixing_weights([10, 90], None) is None and retrain.mixing_weights([10], 0.5) is None
-    data = labelled(range(4))
-    stream = retrain.TrainingBatches(data, steps=50, batch_size=8, seed=0, augment=False, weights=np.array([1.0, 0, 0, 3.0]))
-    drawn = np.concatenate([images.numpy().reshape(8, -1) for images, _ in stream])
-    # only samples 0 and 3 are ever drawn, about 1:3
-    originals = (data.images * 2 - 1).reshape(4, -1)
-    matches = [int(np.argmin(np.abs(originals - row).sum(axis=1))) for row in drawn]
-    counts = np.bincount(matches, minlength=4)
-    assert counts[1] == counts[2] == 0 and 0.15 < counts[0] / len(matches) < 0.35
+    assert retrain.sample_weights([10, 90], None) is None and retrain.sample_weights([10], 0.5) is None
 
 
 def test_torch_threads_are_restored():
@@ -190,12 +194,63 @@ def test_torch_threads_are_restored():
         assert torch.get_num_threads() == before
 
 
-def test_regime_plan():
-    config = retrain.DownstreamConfig(real_fractions=(0.1, 0.05), seeds=1)
-    assert [(r.real_fraction, r.train_set) for r in retrain.plan_regimes(config, with_synthetic=True)] == [
-        (0.05, "real"), (0.05, "real+synthetic"), (0.1, "real"), (0.1, "real+synthetic"), (0.0, "synthetic")]
-    full = config.model_copy(update={"full_real": True, "synthetic_only": False})
-    assert [(r.real_fraction, r.train_set) for r in retrain.plan_regimes(full, False)] == [(0.05, "real"), (0.1, "real"), (1.0, "real")]
+def test_fidelity_summary_counts_masks_a_real_segmenter_re_finds():
+    masks = np.zeros((4, 7, 8, 8), np.uint8)
+    masks[0, 3, 4:, :] = 1  # re-found exactly
+    masks[1, 3, 4:, :] = 1  # missed
+    masks[2, 0, 1:3, 1:3] = 1  # half re-found
+    predicted = masks.copy()
+    predicted[1] = 0
+    predicted[2, 0, 1:3, 1:2] = 0
+    out = retrain.fidelity_summary(predicted, masks, useful_dice=0.5)
+    assert out["samples_with_findings"] == 3 and out["useful_share"] == pytest.approx(2 / 3)
+    assert out["pooled_per_class"]["effusion"] == pytest.approx(2 * 32 / (32 + 64))
+
+
+def test_run_downstream_writes_the_documented_shape():
+    real, val, test, synthetic = labelled(range(40)), labelled(range(500, 506)), labelled(range(1000, 1010)), labelled(range(2000, 2012))
+    config = retrain.DownstreamConfig(
+        real_fractions=(0.1, 0.25), seeds=3, min_real=2, workers=0, full_real_seeds=1, pretrain_fractions=(0.1,),
+        segmentation=retrain.SegmentationConfig(max_steps=4, eval_every=2, batch_size=4),
+    )
+    document = retrain.run_downstream("segmentation", real, test, synthetic, config, {"real": "phantom/v0001"}, real_val=val)
+    json.dumps(document, allow_nan=True)  # plain JSON types throughout
+    assert document["task"] == "segmentation" and document["metric"] == "dice" and document["classes"] == list(PATHOLOGIES)
+    assert [(r["real_fraction"], r["train_set"]) for r in document["regimes"]] == [
+        (0.1, "real"), (0.1, "real+synthetic"), (0.1, "real+oracle"), (0.1, "synthetic->real"),
+        (0.25, "real"), (0.25, "real+synthetic"), (0.25, "real+oracle"), (0.0, "synthetic"), (1.0, "full-real")]
+    rows = {(r["real_fraction"], r["train_set"]): r for r in document["regimes"]}
+    assert rows[(0.1, "real")]["n_real"] == 4 and rows[(0.1, "real")]["n_added"] == 0
+    assert rows[(0.1, "real+synthetic")]["n_real"] == 4 and rows[(0.1, "real+synthetic")]["n_synthetic"] == 12
+    assert rows[(0.1, "real+oracle")]["n_added"] == 12 and rows[(0.1, "real+oracle")]["n_synthetic"] == 0
+    assert rows[(0.0, "synthetic")]["n_real"] == 0 and rows[(0.25, "real")]["n_real"] == 10
+    assert rows[(1.0, "full-real")]["n_real"] == 40 and rows[(1.0, "full-real")]["seeds"] == 1
+    for row in document["regimes"]:
+        assert len(row["values"]) == row["seeds"] and set(row["per_class"]) == set(PATHOLOGIES)
+        assert row["mean"] is None or (0 <= row["mean"] <= 1 and row["std"] >= 0)
+        assert all(1 <= b <= s <= 4 for b, s in zip(row["best_steps"], row["steps"]))
+    assert {(c["real_fraction"], c["train_set"]) for c in document["comparisons"]} == {
+        (0.1, "real+synthetic"), (0.1, "real+oracle"), (0.1, "synthetic->real"), (0.25, "real+synthetic"), (0.25, "real+oracle")}
+    gain = document["gains"][0]
+    assert gain["real_fraction"] == 0.1 and gain["seeds"] == 3
+    assert {"gain", "se", "p_value", "significant", "oracle_gain", "oracle_share", "pretrain_gain"} <= set(gain)
+    assert document["fidelity"]["synthetic"]["samples_with_findings"] > 0 and "real_test" in document["fidelity"]
+    assert document["test"] == {"n": 10} and document["val"] == {"n": 6} and document["synthetic"]["n"] == 12
+    assert document["sources"] == {"real": "phantom/v0001"}
+    # without synthetic data: real regimes only, no comparisons
+    alone = retrain.run_downstream("segmentation", real, test, None, config.model_copy(update={"seeds": 1, "full_real_seeds": 0}),
+                                   real_val=val)
+    assert {r["train_set"] for r in alone["regimes"]} == {"real"} and alone["gains"] == [] and alone["synthetic"] is None
+
+
+def test_run_downstream_is_the_same_in_worker_processes():
+    real, val, test, synthetic = labelled(range(24)), labelled(range(500, 504)), labelled(range(1000, 1006)), labelled(range(2000, 2006))
+    config = retrain.DownstreamConfig(real_fractions=(0.25,), seeds=2, min_real=2, full_real_seeds=0, workers=0,
+                                      segmentation=retrain.SegmentationConfig(max_steps=3, eval_every=1, batch_size=4))
+    inline = retrain.run_downstream("segmentation", real, test, synthetic, config, real_val=val)
+    spread = retrain.run_downstream("segmentation", real, test, synthetic, config.model_copy(update={"workers": 2}), real_val=val)
+    strip = lambda doc: [(r["train_set"], r["values"], r["best_steps"]) for r in doc["regimes"]]  # noqa: E731
+    assert strip(inline) == strip(spread)
 
 
 # --- the flow, end to end on stored datasets ---------------------------------------------------------
@@ -231,7 +286,7 @@ def store(root, name: str, seeds, splits=None, accepted=None, prompts_repeat: in
 @pytest.fixture(scope="module")
 def stored_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-root")
-    store(root, "phantom", range(60), splits=["train"] * 40 + ["test"] * 20)
+    store(root, "phantom", range(66), splits=["train"] * 40 + ["test"] * 20 + ["val"] * 6)
     store(root, "synthetic", range(5000, 5024), accepted=[i % 6 != 5 for i in range(24)], prompts_repeat=4)
     return root
 
@@ -245,8 +300,9 @@ def test_load_labelled_reads_splits_and_accepted_samples(stored_root):
     assert len(retrain.load_labelled(synthetic, None, accepted_only=True)) == 20
     expected = generate_phantoms(list(range(40, 60)), PhantomConfig(size=SIZE))
     np.testing.assert_array_equal(retrain.load_labelled(real, "test", accepted_only=False).masks, expected.pathology)
+    assert len(retrain.load_labelled(real, "val", accepted_only=False)) == 6
     with pytest.raises(ValueError, match="no samples"):
-        retrain.load_labelled(real, "val")
+        retrain.load_labelled(real, "unlabelled")
 
 
 def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path, prefect_harness):
@@ -254,10 +310,11 @@ def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path
     from test_report import Page
 
     config = EvaluateConfig(
-        tasks=("segmentation", "detection"), real_fractions=(0.1,), seeds=2, min_real=2,
-        segmentation=retrain.SegmentationConfig(steps=2, batch_size=4, loader_workers=0),
-        detection=retrain.DetectionConfig(steps=1, batch_size=2, loader_workers=0),
-        metrics=MetricsConfig(max_images=20, k=3),
+        tasks=("segmentation", "detection"), real_fractions=(0.1,), seeds=2, min_real=2, workers=0, full_real_seeds=1,
+        oracle=False, pretrain_fractions=(),
+        segmentation=retrain.SegmentationConfig(max_steps=2, eval_every=1, batch_size=4),
+        detection=retrain.DetectionConfig(max_steps=1, batch_size=2),
+        metrics=MetricsConfig(max_images=20, k=3, c2st_steps=5),
     )
     params = EvaluateParameters(root=str(stored_root), output=str(tmp_path / "out"), evaluate=config)
     result = evaluate_flow(params)
@@ -268,14 +325,16 @@ def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path
     assert (segmentation["task"], segmentation["metric"]) == ("segmentation", "dice")
     assert (detection["task"], detection["metric"]) == ("detection", "map50")
     for document in (segmentation, detection):
-        assert [r["train_set"] for r in document["regimes"]] == ["real", "real+synthetic", "synthetic"]
-        assert document["synthetic"] == {"n": 20} and document["test"] == {"n": 20} and document["real_train"] == {"n": 40}
+        assert [r["train_set"] for r in document["regimes"]] == ["real", "real+synthetic", "synthetic", "full-real"]
+        assert document["synthetic"]["n"] == 20 and document["test"] == {"n": 20} and document["real_train"] == {"n": 40}
+        assert document["val"] == {"n": 6}
         assert document["sources"]["real"] == "phantom/v0001" and document["sources"]["synthetic"] == "synthetic/v0001"
     assert set(result.gains) == {"segmentation", "detection"}
     quality = json.loads((out / "quality_metrics.json").read_text())
     # no expert registered and no xrv weights here: feature metrics are skipped with the reason
     assert "skipped" in quality["frechet"] and "skipped" in quality["fid"]
     assert quality["diversity"]["prompts"] >= 1 and quality["mask_anatomy"]["all"]["mean_inside"] > 0.9
+    assert 0 <= quality["c2st"]["accuracy"] <= 1 and quality["c2st"]["n_per_set"] == 20
     page = Page((out / "evaluation.html").read_text())
     assert "downstream-segmentation" in page.tables and "downstream-detection" in page.tables
     assert len(page.png_images()) == 4
@@ -289,7 +348,7 @@ def test_evaluate_flow_uses_a_registered_classifier_for_feature_metrics(stored_r
     registry = tmp_path / "registry"
     PathologyClassifier(image_size=SIZE).save_pretrained(tmp_path / "classifier")
     record = register_model(registry, PATHOLOGY_CLASSIFIER_KIND, tmp_path / "classifier", {}, {})
-    config = EvaluateConfig(tasks=(), metrics=MetricsConfig(max_images=20, k=3))
+    config = EvaluateConfig(tasks=(), metrics=MetricsConfig(max_images=20, k=3, c2st_steps=5))
     root = tmp_path / "root"
     import shutil
 
@@ -312,8 +371,9 @@ def test_evaluate_profiles_load_and_round_trip_through_yaml():
 
     demo, quality = load_config("demo").evaluate.evaluate, load_config("quality").evaluate.evaluate
     assert demo.tasks == ("segmentation",) and demo.real_fractions == (0.05, 0.10) and demo.synthetic_only
-    assert quality.tasks == ("segmentation", "detection") and quality.seeds == 3
-    assert quality.segmentation.steps == 1000 and quality.real_fractions == (0.05, 0.10, 0.25)
+    assert demo.seeds == 8 and demo.oracle and demo.full_real_seeds >= 1  # power, the oracle and the ceiling
+    assert quality.tasks == ("segmentation", "detection") and quality.seeds == 8
+    assert quality.segmentation.max_steps == 2500 and quality.real_fractions == (0.05, 0.10, 0.25)
     for section in (demo, quality):  # what a profile's `evaluate:` section holds validates back to the same
         assert EvaluateConfig.model_validate(yaml.safe_load(yaml.safe_dump(section.model_dump(mode="json")))) == section
     from pydantic import ValidationError

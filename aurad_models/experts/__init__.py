@@ -9,14 +9,17 @@
 """
 
 from aurad_models.experts.base import AnatomyExpert, PathologyExpert, check_images01
-from aurad_models.experts.loading import ExpertChoice, load_anatomy_expert, load_pathology_expert, resolve_choice
+from aurad_models.experts.loading import ExpertChoice, load_anatomy_expert, load_lesion_expert, load_pathology_expert, resolve_choice
 from aurad_models.experts.metrics import auroc, dice
 from aurad_models.experts.trained import (
     ANATOMY_SEGMENTER_KIND,
+    LESION_SEGMENTER_KIND,
     PATHOLOGY_CLASSIFIER_KIND,
     AnatomySegmenter,
+    LesionSegmenter,
     PathologyClassifier,
     TrainedAnatomyExpert,
+    TrainedLesionExpert,
     TrainedPathologyExpert,
 )
 from aurad_models.experts.xrv import (
@@ -37,6 +40,10 @@ from aurad_models.experts.xrv import (
 
 __all__ = [
     "ANATOMY_SEGMENTER_KIND",
+    "LESION_SEGMENTER_KIND",
+    "LesionSegmenter",
+    "TrainedLesionExpert",
+    "load_lesion_expert",
     "DEFAULT_CLASSIFIER_WEIGHTS",
     "DEFAULT_SEGMENTER_WEIGHTS",
     "PATHOLOGY_CLASSIFIER_KIND",

@@ -12,10 +12,13 @@ from pydantic import BaseModel, ConfigDict
 from aurad_models.experts.base import AnatomyExpert, PathologyExpert, default_device
 from aurad_models.experts.trained import (
     ANATOMY_SEGMENTER_KIND,
+    LESION_SEGMENTER_KIND,
     PATHOLOGY_CLASSIFIER_KIND,
     AnatomySegmenter,
+    LesionSegmenter,
     PathologyClassifier,
     TrainedAnatomyExpert,
+    TrainedLesionExpert,
     TrainedPathologyExpert,
 )
 from aurad_models.experts.xrv import (
@@ -118,9 +121,23 @@ def load_anatomy_expert(choice: ExpertChoice, registry_root: str | Path | None =
     return expert
 
 
+def load_lesion_expert(choice: ExpertChoice, registry_root: str | Path | None = None) -> TrainedLesionExpert:
+    """The fidelity expert: a project-trained lesion segmenter from the registry (no torchxrayvision model
+    outlines these findings, so `source` must be 'project' or 'auto')."""
+    if choice.source == "xrv":
+        raise ValueError("the fidelity expert has no torchxrayvision model: set its source to 'project' (or 'auto')")
+    hint = "the lesion segmenter is trained on real labelled images by the train-experts flow"
+    record = _project_record(registry_root, LESION_SEGMENTER_KIND, choice.model, hint)
+    expert = TrainedLesionExpert(LesionSegmenter.from_pretrained(record.path), model_id=record.id,
+                                 batch_size=choice.batch_size or 64, device=default_device(choice.device))
+    logger.info("fidelity expert (lesion segmenter): %s", expert.name)
+    return expert
+
+
 _KINDS = {
     PATHOLOGY_CLASSIFIER_KIND: DEFAULT_CLASSIFIER_WEIGHTS,
     ANATOMY_SEGMENTER_KIND: DEFAULT_SEGMENTER_WEIGHTS,
+    LESION_SEGMENTER_KIND: None,
 }
 
 
@@ -131,11 +148,12 @@ def resolve_choice(choice: ExpertChoice, kind: str, registry_root: str | Path | 
     if kind not in _KINDS:
         raise ValueError(f"unknown expert kind {kind!r}; known: {', '.join(_KINDS)}")
     weights = choice.xrv_weights or _KINDS[kind]
-    if _use_xrv(choice, weights, kind):
+    if weights is not None and _use_xrv(choice, weights, kind):
         path = find_weights(xrv_weights(weights), choice.xrv_cache_dir, choice.xrv_path)
         return choice.model_copy(
             update={"source": "xrv", "xrv_weights": weights, "xrv_path": str(path), "sha256": choice.sha256 or file_sha256(path)}
         )
-    hint = f"put the torchxrayvision weights {xrv_weights(weights).file_name} in the xrv cache folder"
+    hint = (f"put the torchxrayvision weights {xrv_weights(weights).file_name} in the xrv cache folder" if weights
+            else "train it with the train-experts flow")
     record = _project_record(registry_root, kind, choice.model, hint)
     return choice.model_copy(update={"source": "project", "model": record.id})

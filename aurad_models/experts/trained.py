@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PATHOLOGY_CLASSIFIER_KIND = "pathology-classifier"
 ANATOMY_SEGMENTER_KIND = "anatomy-segmenter"
+LESION_SEGMENTER_KIND = "lesion-segmenter"
 METADATA_NAME = "metadata.json"
 METADATA_VERSION = "1.0.0"
 
@@ -190,6 +191,78 @@ class AnatomySegmenter(nn.Module):
         return load_module(cls, directory, map_location=map_location)
 
 
+class LesionSegmenter(nn.Module):
+    """The fidelity expert: a MONAI UNet trained on *real* images to outline the pathologies (one sigmoid
+    channel per finding). Re-segmenting a synthetic image says whether its lesions show where its masks
+    are, and whether an image meant to be normal shows lesions it should not.
+
+    `fidelity` holds what real validation images look like to it, per finding: `dice` (validation Dice
+    over positives, pooled), `min_dice` (the Dice that `accept_share` of real positives reach) and
+    `max_absent_pixels` (the predicted area that `accept_share` of real negatives stay under). Only
+    findings with a validation Dice the filter trusts vote (`tasks.filtering.FidelityCheck`).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str] = PATHOLOGIES,
+        image_size: int = 64,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        strides: Sequence[int] = (2, 2, 2),
+        num_res_units: int = 0,
+        norm: str = "batch",
+        threshold: float = 0.5,
+        fidelity: dict[str, dict[str, float | None]] | None = None,
+    ) -> None:
+        super().__init__()
+        unknown = [label for label in labels if label not in PATHOLOGIES]
+        if unknown:
+            raise ValueError(f"unknown finding labels {unknown}; known: {', '.join(PATHOLOGIES)}")
+        if len(strides) != len(channels) - 1:
+            raise ValueError(f"UNet needs one stride fewer than channels, got {list(channels)} / {list(strides)}")
+        self._config: dict[str, Any] = {
+            "labels": list(labels), "image_size": int(image_size), "channels": [int(c) for c in channels],
+            "strides": [int(s) for s in strides], "num_res_units": int(num_res_units), "norm": norm,
+            "threshold": float(threshold), "fidelity": fidelity,
+        }
+        self.labels = tuple(labels)
+        self.image_size = int(image_size)
+        self.threshold = float(threshold)
+        self.fidelity = fidelity
+        self.net = UNet(spatial_dims=2, in_channels=1, out_channels=len(self.labels), channels=tuple(channels),
+                        strides=tuple(strides), num_res_units=num_res_units, norm=norm)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def set_fidelity(self, fidelity: dict[str, dict[str, float | None]]) -> None:
+        self.fidelity = fidelity
+        self._config["fidelity"] = fidelity
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (N, len(labels), S, S) for images (N, 1, S, S) in [-1, 1]."""
+        return self.net(x)
+
+    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        directory = save_module(self, directory, self.config)
+        _write_metadata(
+            directory,
+            {
+                "intended_use": "fidelity expert of the synthetic-data filter: re-segments synthetic CXRs; trained on real images",
+                "inputs": {"image": {"channels": 1, "dtype": "float32", "value_range": [-1, 1],
+                                     "spatial_shape": [self.image_size, self.image_size]}},
+                "outputs": {"logits": {"channels": list(self.labels), "activation": "sigmoid",
+                                       "threshold": self.threshold, "multi_label": True}},
+                **(metadata or {}),
+            },
+        )
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LesionSegmenter":
+        return load_module(cls, directory, map_location=map_location)
+
+
 def operating_point_norm(probs: np.ndarray, points: Sequence[float | None]) -> np.ndarray:
     """Piecewise-linear rescaling mapping each column's operating point to 0.5 (torchxrayvision's
     `op_norm`): [0, t] -> [0, 0.5], [t, 1] -> [0.5, 1]. Columns without a point are left as they are."""
@@ -306,3 +379,40 @@ class TrainedAnatomyExpert:
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "project", "model": ANATOMY_SEGMENTER_KIND, "model_id": self.model_id}
+
+
+@dataclass
+class TrainedLesionExpert:
+    """A project-trained LesionSegmenter as the fidelity expert: (N, 7, H, W) uint8 lesion masks at the
+    input's resolution, in PATHOLOGIES order (channels it does not predict stay empty)."""
+
+    model: LesionSegmenter
+    model_id: str | None = None
+    batch_size: int = 64
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.model.to(self.device).eval()
+
+    @property
+    def name(self) -> str:
+        return f"project:{self.model_id or 'unregistered'}"
+
+    @property
+    def fidelity(self) -> dict[str, dict[str, float | None]]:
+        return self.model.fidelity or {}
+
+    def segment(self, images01: np.ndarray) -> np.ndarray:
+        images = check_images01(images01)
+        n, h, w = images.shape
+        out = np.zeros((n, len(PATHOLOGIES), h, w), dtype=np.uint8)
+        channels = [PATHOLOGIES.index(label) for label in self.model.labels]
+        with torch.inference_mode():
+            for part in batches(n, self.batch_size):
+                logits = self.model(model_input(images[part], self.model.image_size, self.device)).float().cpu()
+                logits = resize_batch(logits, (h, w))
+                out[part][:, channels] = (torch.sigmoid(logits) >= self.model.threshold).numpy()
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "project", "model": LESION_SEGMENTER_KIND, "model_id": self.model_id, "fidelity": self.fidelity}

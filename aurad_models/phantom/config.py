@@ -12,6 +12,10 @@ from aurad_models.vocabulary import PATHOLOGIES
 
 MIN_SIZE = 64
 MAX_SIZE = 1024
+# Bumped whenever the same config draws different phantoms (2: nodule, mass and effusion sizes calibrated
+# against the NIH boxes). Part of the source dataset's fingerprint, so models trained on an older phantom
+# are never taken for models of this one.
+PHANTOM_VERSION = 2
 
 # Per-image prevalence, tuned so that about a third of the images are normal once the co-occurrence
 # boosts below are applied (a finding-rich dataset: the downstream models need positives).
