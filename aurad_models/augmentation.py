@@ -31,7 +31,7 @@ class AugmentationConfig(BaseModel):
     rotate_degrees: float = Field(4.0, ge=0, description="rotation range +-")
     scale: float = Field(0.06, ge=0, description="zoom range +-")
     translate_fraction: float = Field(0.04, ge=0, description="shift range +- as a fraction of the image size")
-    intensity_prob: float = Field(0.3, ge=0, le=1, description="share of images whose contrast (gamma) changes")
+    contrast_prob: float = Field(0.3, ge=0, le=1, description="share of images whose contrast (gamma) changes")
     gamma: tuple[float, float] = Field((0.8, 1.25), description="gamma range of the contrast change")
     noise_prob: float = Field(0.3, ge=0, le=1)
     noise_std: float = Field(0.015, ge=0, description="Gaussian noise on the [0, 1] image")
@@ -75,7 +75,7 @@ class PairedAugmentation:
             masks = self._mask_warp(masks.float(), theta)
         low, high = math.log(c.gamma[0]), math.log(c.gamma[1])
         gamma = torch.exp(low + torch.rand(n, generator=self.generator) * (high - low))
-        gamma = torch.where(torch.rand(n, generator=self.generator) < c.intensity_prob, gamma, torch.ones(n))
+        gamma = torch.where(torch.rand(n, generator=self.generator) < c.contrast_prob, gamma, torch.ones(n))
         images = images.clamp(0, 1) ** gamma[:, None, None, None]
         noisy = (torch.rand(n, generator=self.generator) < c.noise_prob).float()[:, None, None, None]
         noise = torch.randn(images.shape, generator=self.generator) * c.noise_std

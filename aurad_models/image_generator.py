@@ -195,11 +195,16 @@ class ImageGenerator(nn.Module):
         network = network or eager_network(self.unet)
         return network(torch.cat([noisy, masks], dim=1), timesteps, class_labels=self.condition_embedding(flags))
 
-    def training_loss(self, images: torch.Tensor, anatomy: torch.Tensor, pathology: torch.Tensor, seed: int) -> torch.Tensor:
-        """Denoising loss on one batch (images (B, H, W) in [0, 1]) with mask ablation drawn from `seed`."""
+    def training_loss(self, images: torch.Tensor, anatomy: torch.Tensor, pathology: torch.Tensor, seed: int,
+                      pathology_known: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoising loss on one batch (images (B, H, W) in [0, 1]) with mask ablation drawn from `seed`.
+        `pathology_known` (B,) bool marks images whose pathology masks are known; the others (unlabelled
+        images) train with every pathology channel dropped, as "unknown"."""
         rng = np.random.default_rng(seed)
         generator = torch_generator(seed)
         flags = torch.from_numpy(ablation_flags(len(images), self.config, rng)).to(images.device)
+        if pathology_known is not None:
+            flags[:, N_ANATOMY:] *= pathology_known.to(flags.dtype)[:, None]
         masks = torch.cat([anatomy, pathology], dim=1) * flags[:, :, None, None]
         x0 = unit_to_model(images[:, None].float())
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from diffusers import ConfigMixin, DDPMScheduler, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from aurad_models.diffusion import (
@@ -108,11 +108,25 @@ class MaskSamplingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @field_validator("class_thresholds")
+    @classmethod
+    def _known_findings(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(PATHOLOGIES))
+        if unknown:
+            raise ValueError(f"unknown findings {unknown} in class_thresholds; known: {', '.join(PATHOLOGIES)}")
+        bad = {k: v for k, v in value.items() if not 0 < v < 1}
+        if bad:
+            raise ValueError(f"class thresholds must lie in (0, 1), got {bad}")
+        return value
+
     scheduler: SchedulerName = "ddim"
     num_inference_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(2.0, ge=0)
     eta: float = Field(0.0, ge=0, le=1)
     threshold: float = Field(0.5, gt=0, lt=1, description="on the [0, 1] scale of the denoised masks")
+    class_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="per-finding overrides of threshold (small findings such as nodules come "
+        "out of few sampling steps with lower values than large ones)")
     restrict_to_prompt: bool = Field(True, description="post-processing: empty the classes the prompt does not ask for")
     restrict_to_region: bool = Field(True, description="post-processing: clip each class to the region its prompt "
                                      "requests (prompt_encoder.finding_region); bench/quality.py measures masks without both")
@@ -290,7 +304,8 @@ class MaskGenerator(nn.Module):
             soft_chunks.append(self._sample_chunk(anatomy_t[chunk], prompts[chunk], seeds[chunk], sampling))
         soft = np.concatenate(soft_chunks) if soft_chunks else np.zeros((0, N_PATHOLOGY, *anatomy_t.shape[2:]), np.float32)
         # 5. Threshold into binary masks; optionally empty the classes the prompt does not ask for.
-        masks = (soft > sampling.threshold).astype(np.uint8)
+        thresholds = np.array([sampling.class_thresholds.get(label, sampling.threshold) for label in PATHOLOGIES], np.float32)
+        masks = (soft > thresholds[None, :, None, None]).astype(np.uint8)
         removed = np.zeros((len(masks), N_PATHOLOGY), dtype=np.int64)
         anatomy_np = anatomy_t.cpu().numpy() > 0.5
         for i, prompt in enumerate(prompts):

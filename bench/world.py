@@ -124,7 +124,7 @@ def tiny_build_config(root: Path, **changes) -> BuildConfig:
             "classifier": {"min_auroc": 0.99},
             "anatomy": {"dice_threshold": 0.0},
             "image_stats": {"margin": 50.0},
-            "fidelity": {"min_expert_dice": 1.01},
+            "fidelity": {"min_expert_dice": 1.0},
         }),
         quality=QualityConfig(min_acceptance_rate=0.0, mask_mostly=0.0, image_mostly=0.0, frequency_tolerance=0.5,
                               min_class_coverage=0.0),

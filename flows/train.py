@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aurad_models.image_generator import ImageGeneratorConfig, ImageSamplingConfig
 from aurad_models.mask_generator import MaskGeneratorConfig, MaskSamplingConfig
+from tasks.retrain import LabelledSubset
 from tasks.train import TrainingConfig, train_image_generator_task, train_mask_generator_task
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ class TrainFlowParameters(BaseModel):
     train_masks: bool = True
     train_images: bool = True
     resume: bool = True
+    labelled_subset: LabelledSubset | None = Field(
+        None, description="train with scarce labels: only this seeded share of the train split has masks (the mask "
+        "generator sees those alone, the image generator every image); None: every label of the split")
 
 
 class TrainFlowResult(BaseModel):
@@ -52,8 +56,8 @@ class TrainFlowResult(BaseModel):
 @flow(name="aurad-train-generators", log_prints=False)
 def train_flow(params: TrainFlowParameters = TrainFlowParameters()) -> TrainFlowResult:
     """Train both generators on `params.dataset`/`params.version` and return their registry ids."""
-    common = dict(root=params.root, dataset=params.dataset, version=params.version,
-                  train_split=params.train_split, val_split=params.val_split, resume=params.resume)
+    common = dict(root=params.root, dataset=params.dataset, version=params.version, train_split=params.train_split,
+                  val_split=params.val_split, resume=params.resume, labelled_subset=params.labelled_subset)
     mask = image = None
     if params.train_masks:
         mask = train_mask_generator_task(model_config=params.mask_generator, training=params.mask_training, **common)

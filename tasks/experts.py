@@ -6,8 +6,9 @@
     record = train_and_register_classifier(source, registry_root, config)     # all of it, into the registry
 
 The classifier learns from the manifest's findings (the report), the segmenter from the anatomy masks.
-Augmentation is MONAI dictionary transforms, one random affine drawn per sample for the image and its
-masks together (bilinear for the image, nearest for masks), each pipeline seeded from the config's seed.
+Augmentation is `aurad_models.augmentation`: one random affine drawn per sample for the image and its
+masks together (MONAI's batched AffineTransform, bilinear for the image, nearest for masks), seeded from
+the config's seed.
 Randomness is explicit: batches come from a seeded numpy Generator, weight initialisation and training
 run inside `torch.random.fork_rng` seeded from the config, so the global RNG is left as it was.
 """
@@ -27,6 +28,7 @@ import torch
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field
 
+from aurad_models.augmentation import AugmentationConfig, PairedAugmentation
 from aurad_models.experts.base import default_device, resize_batch
 from aurad_models.experts.metrics import auroc, dice
 from aurad_models.experts.trained import (
@@ -45,27 +47,12 @@ from aurad_models.pixels import stored_to_unit, unit_to_model
 from aurad_models.registry import ModelRecord, register_model
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
-from tasks.retrain import SegmentationConfig
+from tasks.retrain import LabelledSubset, SegmentationConfig
 
 logger = logging.getLogger(__name__)
 
 
 # --- configuration ---------------------------------------------------------------------------------
-
-
-class AugmentationConfig(BaseModel):
-    """Random augmentation of image + masks; no flips (left and right are findings' attributes)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    affine_prob: float = Field(0.8, ge=0, le=1)
-    rotate_degrees: float = Field(4.0, ge=0)
-    scale: float = Field(0.06, ge=0, description="zoom range +-")
-    translate_fraction: float = Field(0.04, ge=0, description="shift range +- as a fraction of the image size")
-    noise_prob: float = Field(0.3, ge=0, le=1)
-    noise_std: float = Field(0.015, ge=0)
-    contrast_prob: float = Field(0.3, ge=0, le=1)
-    gamma: tuple[float, float] = (0.8, 1.25)
 
 
 class ClassifierTrainingConfig(BaseModel):
@@ -132,6 +119,9 @@ class ExpertsTrainingConfig(BaseModel):
     classifier: ClassifierTrainingConfig | None = Field(default_factory=ClassifierTrainingConfig)
     segmenter: SegmenterTrainingConfig | None = Field(default_factory=SegmenterTrainingConfig)
     lesion_segmenter: LesionSegmenterTrainingConfig | None = Field(default_factory=LesionSegmenterTrainingConfig)
+    labelled_subset: LabelledSubset | None = Field(
+        None, description="train the classifier and the lesion segmenter with scarce labels: this seeded share of the "
+        "train split only (the anatomy segmenter keeps every image: anatomy is not the scarce label)")
 
 
 
@@ -215,33 +205,6 @@ def load_expert_data(version: Any, split: str | None, max_samples: int | None = 
     )
 
 
-def make_augmentation(config: AugmentationConfig, image_size: int, mask_keys: Sequence[str], seed: int):
-    """MONAI dictionary transforms: one affine per sample for "image" and the mask keys (bilinear / nearest),
-    then intensity changes of the image only. Seeded: the same seed gives the same draws."""
-    from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandGaussianNoised
-
-    keys = ["image", *mask_keys]
-    angle = math.radians(config.rotate_degrees)
-    shift = config.translate_fraction * image_size
-    transform = Compose(
-        [
-            RandAffined(
-                keys=keys,
-                prob=config.affine_prob,
-                rotate_range=(angle,),
-                scale_range=(config.scale, config.scale),
-                translate_range=(shift, shift),
-                mode=["bilinear"] + ["nearest"] * len(mask_keys),
-                padding_mode=["border"] + ["zeros"] * len(mask_keys),
-            ),
-            RandGaussianNoised(keys=["image"], prob=config.noise_prob, std=config.noise_std),
-            RandAdjustContrastd(keys=["image"], prob=config.contrast_prob, gamma=config.gamma),
-        ]
-    )
-    transform.set_random_state(seed=seed % 2**32)
-    return transform
-
-
 def _resize_images(images: np.ndarray, size: int) -> np.ndarray:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -255,13 +218,14 @@ def _resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
 
 
 class _BatchSampler:
-    """Seeded random batches of augmented samples as model-ready tensors."""
+    """Seeded random batches of augmented samples as model-ready tensors (one random affine per sample for
+    the image and its masks, `aurad_models.augmentation`)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None, batch_size: int, transform: Any, seed: int) -> None:
-        self.images = images
-        self.masks = masks
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, batch_size: int, augment: PairedAugmentation, seed: int) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
+        self.masks = None if masks is None else torch.from_numpy(masks.astype(np.float32))
         self.batch_size = min(batch_size, len(images))
-        self.transform = transform
+        self.augment = augment
         self.rng = np.random.default_rng(seed % 2**63)
         self._order: np.ndarray = np.empty(0, dtype=np.int64)
 
@@ -273,18 +237,9 @@ class _BatchSampler:
 
     def __call__(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
         chosen = self._next_indices()
-        images, masks = [], []
-        for i in chosen:
-            item = {"image": self.images[i][None]}
-            if self.masks is not None:
-                item["masks"] = self.masks[i].astype(np.float32)
-            item = self.transform(item)
-            images.append(torch.as_tensor(np.asarray(item["image"])).clamp(0, 1))
-            if self.masks is not None:
-                masks.append(torch.as_tensor(np.asarray(item["masks"])))
-        x = unit_to_model(torch.stack(images).float())
-        y = torch.stack(masks).float() if masks else None
-        return chosen, x, y
+        index = torch.from_numpy(chosen)
+        images, masks = self.augment(self.images[index], None if self.masks is None else self.masks[index])
+        return chosen, unit_to_model(images), masks
 
 
 @dataclass
@@ -361,7 +316,7 @@ def train_pathology_classifier(
         y, mask = target[:, 0], target[:, 1]  # labels and which of them are known
         return (bce(logits, y) * mask).sum() / mask.sum().clamp(min=1)
 
-    augment = make_augmentation(config.augmentation, size, (), derive_seed(config.seed, "classifier-augment"))
+    augment = PairedAugmentation(config.augmentation, derive_seed(config.seed, "classifier-augment"))
     sampler = _BatchSampler(images, None, config.batch_size, augment, derive_seed(config.seed, "classifier-batches"))
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -409,7 +364,7 @@ def train_anatomy_segmenter(
     size = config.image_size or data.images.shape[-1]
     images = _resize_images(data.images, size)
     masks = _resize_masks(data.anatomy, size)
-    augment = make_augmentation(config.augmentation, size, ("masks",), derive_seed(config.seed, "segmenter-augment"))
+    augment = PairedAugmentation(config.augmentation, derive_seed(config.seed, "segmenter-augment"))
     sampler = _BatchSampler(images, masks, config.batch_size, augment, derive_seed(config.seed, "segmenter-batches"))
 
     def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -505,11 +460,16 @@ def train_and_register_classifier(
     max_train_samples: int | None = None,
     max_val_samples: int | None = None,
     device: str | None = None,
+    labelled_subset: LabelledSubset | None = None,
 ) -> ModelRecord:
-    """Train on the train split, validate (AUROC per finding, operating points) on the val split, save
-    the model directory and register it with its metrics and lineage."""
+    """Train on the train split (its `labelled_subset` only, if given), validate (AUROC per finding,
+    operating points) on the val split, save the model directory and register it with its metrics and lineage."""
     version = source.open()
     train = load_expert_data(version, train_split, max_train_samples, seed=config.seed)
+    if labelled_subset is not None:
+        keep = np.zeros(len(train), dtype=bool)
+        keep[labelled_subset.indices(len(train))] = True
+        train = train.subset(keep)
     val = load_expert_data(version, val_split, max_val_samples, seed=config.seed)
     result = train_pathology_classifier(train, config, device)
     metrics = evaluate_pathology_classifier(result.model, val, device)
@@ -519,7 +479,8 @@ def train_and_register_classifier(
         "pathology classifier on %s/%s %s: AUROC %s (mean %.3f)", version.name, version.version, val_split,
         {k: round(v, 3) for k, v in metrics["auroc"].items()}, metrics["auroc_mean"],
     )
-    lineage = _lineage(version, config, {"train_split": train_split, "val_split": val_split})
+    lineage = _lineage(version, config, {"train_split": train_split, "val_split": val_split, "n": len(train),
+                                         "labelled_subset": labelled_subset.model_dump() if labelled_subset else None})
     with TemporaryDirectory(prefix="aurad-classifier-") as tmp:
         result.model.save_pretrained(Path(tmp) / "model", metadata={"metrics": metrics, "lineage": lineage})
         return register_model(registry_root, PATHOLOGY_CLASSIFIER_KIND, Path(tmp) / "model", metrics, lineage)
@@ -599,14 +560,16 @@ def train_lesion_segmenter(train: Any, val: Any, config: LesionSegmenterTraining
 
 def train_and_register_lesion_segmenter(
     source: SourceRef, registry_root: str | Path, config: LesionSegmenterTrainingConfig, train_split: str = "train",
-    val_split: str = "val",
+    val_split: str = "val", labelled_subset: LabelledSubset | None = None,
 ) -> ModelRecord:
-    """Train the fidelity expert on the source's labelled real images, validate and calibrate it on the val
-    split, save and register it."""
+    """Train the fidelity expert on the source's labelled real images (its `labelled_subset` only, if given),
+    validate and calibrate it on the val split, save and register it."""
     from tasks.retrain import evaluate_segmenter, load_labelled
 
     version = source.open()
     train, val = load_labelled(version, train_split, accepted_only=True), load_labelled(version, val_split, accepted_only=True)
+    if labelled_subset is not None:
+        train = train.subset(labelled_subset.indices(len(train)))
     with torch.random.fork_rng(devices=[]):
         model, result = train_lesion_segmenter(train, val, config)
     scores = evaluate_segmenter(model, val, config.threshold)
@@ -615,8 +578,8 @@ def train_and_register_lesion_segmenter(
                "steps": result.steps, "train_seconds": result.seconds, "n_train": len(train)}
     logger.info("lesion segmenter on %s/%s %s: pooled Dice %s (best step %d of %d)", version.name, version.version, val_split,
                 {k: None if v is None else round(v, 3) for k, v in scores["pooled"]["per_class"].items()}, result.best_step, result.steps)
-    lineage = _lineage(version, config, {"train_split": train_split, "val_split": val_split})
-    lineage["source"]["n"] = len(train)
+    lineage = _lineage(version, config, {"train_split": train_split, "val_split": val_split, "n": len(train),
+                                         "labelled_subset": labelled_subset.model_dump() if labelled_subset else None})
     with TemporaryDirectory(prefix="aurad-lesion-") as tmp:
         model.save_pretrained(Path(tmp) / "model", metadata={"metrics": metrics, "lineage": lineage})
         return register_model(registry_root, LESION_SEGMENTER_KIND, Path(tmp) / "model", metrics, lineage)
@@ -636,7 +599,7 @@ def train_classifier_task(
     """Train, validate and register the pathology classifier; returns the registry record as a dict."""
     record = train_and_register_classifier(
         source, registry_root, config, splits.train_split, splits.val_split, splits.max_train_samples,
-        splits.max_val_samples, device,
+        splits.max_val_samples, device, splits.labelled_subset,
     )
     return _record_summary(record)
 
@@ -658,4 +621,5 @@ def train_lesion_segmenter_task(
     source: SourceRef, registry_root: str, config: LesionSegmenterTrainingConfig, splits: ExpertsTrainingConfig
 ) -> dict[str, Any]:
     """Train, calibrate and register the fidelity expert; returns the registry record as a dict."""
-    return _record_summary(train_and_register_lesion_segmenter(source, registry_root, config, splits.train_split, splits.val_split))
+    return _record_summary(train_and_register_lesion_segmenter(source, registry_root, config, splits.train_split, splits.val_split,
+                                                               splits.labelled_subset))

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aurad_models.anatomy_rules import allowed_region, inside_fraction
@@ -245,10 +243,6 @@ class FilterResult:
     reject_reason: str | None
     verdicts: dict[str, bool] = field(default_factory=dict)  # enabled expert -> accepted
     reasons: dict[str, list[str]] = field(default_factory=dict)  # rejecting expert -> why
-
-    def manifest_fields(self) -> dict[str, Any]:
-        """The manifest columns the filter owns."""
-        return {"scores": dict(self.scores), "accepted": self.accepted, "reject_reason": self.reject_reason}
 
 
 def prompted_sides(findings: Sequence[Finding]) -> dict[str, str | None]:
@@ -506,21 +500,3 @@ def acceptance_report(results: Sequence[FilterResult], findings: Sequence[Sequen
         "per_finding": per_finding,
         "rejected_by": dict(rejected_by.most_common()),
     }
-
-
-# --- Prefect --------------------------------------------------------------------------------------
-
-
-@task(name="filter-batch", tags=["gpu"], cache_policy=NO_CACHE)
-def filter_batch_task(
-    images01: np.ndarray,
-    anatomy: np.ndarray,
-    pathology: np.ndarray,
-    findings: Sequence[Sequence[Finding]],
-    experts: FilterExperts,
-    config: FilterConfig,
-    reference: ImageStatsReference | None = None,
-) -> list[FilterResult]:
-    """`filter_batch` as a task (tagged gpu: the model experts run on the device). Not cached: its inputs
-    are arrays and loaded models."""
-    return filter_batch(images01, anatomy, pathology, findings, experts, config, reference)

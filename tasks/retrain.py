@@ -133,6 +133,22 @@ def real_subset(n: int, fraction: float, seed: int, min_count: int = 4) -> np.nd
     return np.sort(np.random.default_rng(seed).permutation(n)[:count])
 
 
+class LabelledSubset(BaseModel):
+    """The scarce labelled part of a real training split: a seeded `fraction` of it (`real_subset`). Models
+    trained "with scarce labels" see masks and findings of these samples only (the rest of the split as
+    unlabelled images), and the downstream evaluation then gives every seed of that fraction this subset,
+    so no model behind the synthetic data saw a label the scarce downstream model does not have."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fraction: float = Field(0.05, gt=0, le=1)
+    seed: int = 0
+    min_count: int = Field(4, ge=1)
+
+    def indices(self, n: int) -> np.ndarray:
+        return real_subset(n, self.fraction, self.seed, self.min_count)
+
+
 def oracle_subset(present: np.ndarray, exclude: np.ndarray, wanted: np.ndarray, seed: int) -> np.ndarray:
     """Real samples standing in for synthetic ones: indices into `present` (N, C) outside `exclude`, one per
     row of `wanted` (M, C) with the same set of classes where the pool has one, else the nearest set
@@ -180,7 +196,7 @@ def boxes_from_masks(masks: np.ndarray, min_area: int = 4) -> dict[str, np.ndarr
 
 def _downstream_augmentation() -> AugmentationConfig:
     return AugmentationConfig(affine_prob=0.5, rotate_degrees=8.0, scale=0.08, translate_fraction=0.05,
-                              intensity_prob=0.5, gamma=(0.85, 1.18), noise_prob=0.3, noise_std=0.02)
+                              contrast_prob=0.5, gamma=(0.85, 1.18), noise_prob=0.3, noise_std=0.02)
 
 
 class TrainingSchedule(BaseModel):
@@ -245,6 +261,9 @@ class DownstreamConfig(BaseModel):
     useful_dice: float = Field(0.5, gt=0, le=1, description="a mask counts as usable when a real-trained segmenter "
                                "re-finds it with at least this Dice (the paper's 'clinically useful')")
     workers: int = Field(2, ge=0, description="processes that train models at once (one torch thread each); 0: in this process")
+    labelled_subset: LabelledSubset | None = Field(
+        None, description="the scarce labels the generators and experts were trained with: at its fraction every seed "
+        "gets exactly this subset (None: a fresh seeded subset per seed)")
     segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
 
@@ -754,7 +773,7 @@ def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages |
     for s in range(config.seeds):
         seed = derive_seed(config.base_seed, task, s)
         for fraction in sorted(config.real_fractions):
-            subset = real_subset(len(real_train), fraction, derive_seed(seed, "subset"), config.min_real)
+            subset = _subset(len(real_train), fraction, seed, config)
             subsets[(s, fraction)] = subset
             scarce = real_train.subset(subset)
             jobs.append(job("real", fraction, s, scarce, len(subset), 0))
@@ -780,13 +799,27 @@ def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages |
         for fraction in _pretrain_fractions(config):
             subset = subsets.get((result.seed_index, fraction))
             if subset is None:
-                subset = real_subset(len(real_train), fraction,
-                                     derive_seed(derive_seed(config.base_seed, task, result.seed_index), "subset"), config.min_real)
+                subset = _subset(len(real_train), fraction, derive_seed(config.base_seed, task, result.seed_index), config)
             out.append(job("synthetic->real", fraction, result.seed_index, real_train.subset(subset), len(subset),
                            result.n_added, init=result.weights))
         return out
 
     return jobs, followers
+
+
+def _subset(n: int, fraction: float, seed: int, config: DownstreamConfig) -> np.ndarray:
+    """The real subset of a seed at a fraction: the fixed labelled subset at its own fraction (and inside
+    every larger one: the rest drawn around it), else a seeded draw per seed."""
+    fixed = config.labelled_subset
+    if fixed is not None and fraction == fixed.fraction:
+        return fixed.indices(n)
+    subset = real_subset(n, fraction, derive_seed(seed, "subset"), config.min_real)
+    if fixed is not None and fraction > fixed.fraction:  # keep the subsets nested: the labelled one plus others
+        core = fixed.indices(n)
+        taken = set(core.tolist())
+        extra = [i for i in np.random.default_rng(derive_seed(seed, "subset")).permutation(n) if i not in taken]
+        subset = np.sort(np.concatenate([core, np.asarray(extra[: max(0, len(subset) - len(core))], np.int64)]))
+    return subset
 
 
 REGIME_ORDER = ("real", "real+synthetic", "real+oracle", "synthetic->real", "synthetic", "full-real")

@@ -44,6 +44,7 @@ from aurad_models.registry import register_model
 from aurad_models.seeding import derive_seed
 from aurad_models.serialization import load_tensors, read_json, save_tensors, write_json
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from tasks.retrain import LabelledSubset, torch_threads
 from tasks.user_masks import resize_images, resize_nearest
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,12 @@ class TrainingData:
     pathology: np.ndarray
     findings: list[tuple[Finding, ...]]
     source: dict[str, Any] = field(default_factory=dict)
+    labelled: np.ndarray | None = None  # (N,) bool: whose pathology masks and findings are known (None: all)
 
     def __post_init__(self) -> None:
         n = len(self.images)
+        if self.labelled is None:
+            self.labelled = np.ones(n, dtype=bool)
         if not (len(self.anatomy) == len(self.pathology) == len(self.findings) == n):
             raise ValueError(
                 f"training arrays disagree on the sample count: images {n}, anatomy {len(self.anatomy)}, "
@@ -114,7 +118,22 @@ class TrainingData:
     def resized(self, size: int) -> "TrainingData":
         """The same samples at `size` px (area / bilinear for images, nearest for masks)."""
         return TrainingData(resize_images(self.images, size), resize_nearest(self.anatomy, size),
-                            resize_nearest(self.pathology, size), self.findings, {**self.source, "size": size})
+                            resize_nearest(self.pathology, size), self.findings, {**self.source, "size": size}, self.labelled)
+
+    def with_scarce_labels(self, subset: LabelledSubset) -> "TrainingData":
+        """The same images, with pathology masks and findings known only for the labelled subset (the others'
+        are emptied, and `labelled` says so): what a model trained with scarce labels may see."""
+        keep = np.zeros(len(self), dtype=bool)
+        keep[subset.indices(len(self))] = True
+        pathology = np.where(keep[:, None, None, None], self.pathology, 0).astype(self.pathology.dtype)
+        findings = [f if k else () for f, k in zip(self.findings, keep)]
+        source = {**self.source, "labelled_subset": subset.model_dump(), "labelled": int(keep.sum())}
+        return TrainingData(self.images, self.anatomy, pathology, findings, source, keep)
+
+    def labelled_only(self) -> "TrainingData":
+        keep = np.flatnonzero(self.labelled)
+        return TrainingData(self.images[keep], self.anatomy[keep], self.pathology[keep], [self.findings[i] for i in keep],
+                            {**self.source, "n": int(keep.size)}, self.labelled[keep])
 
 
 class TrainingResult(BaseModel):
@@ -227,11 +246,6 @@ def default_threads() -> int:
     return max(1, cpus - busy)
 
 
-def set_threads(config: TrainingConfig) -> int:
-    """torch CPU threads: as configured, else `default_threads()` (2 on an idle demo machine)."""
-    threads = config.num_threads or default_threads()
-    torch.set_num_threads(threads)
-    return threads
 
 
 def _save_checkpoint(directory: Path, model, ema: Ema, optimizer: torch.optim.Optimizer, step: int, extra: dict) -> None:
@@ -290,13 +304,15 @@ def _batch(data: TrainingData, index: np.ndarray, device: torch.device) -> dict[
         "anatomy": torch.from_numpy(data.anatomy[index]).float().to(device),
         "pathology": torch.from_numpy(data.pathology[index]).float().to(device),
         "findings": [data.findings[i] for i in index],
+        "labelled": torch.from_numpy(data.labelled[index]).to(device),
     }
 
 
 def _loss(kind: GeneratorKind, model, batch: dict[str, Any], seed: int) -> torch.Tensor:
     if kind == "mask-generator":
         return model.training_loss(batch["anatomy"], batch["pathology"], batch["findings"], seed)
-    return model.training_loss(batch["images"], batch["anatomy"], batch["pathology"], seed)
+    known = None if bool(batch["labelled"].all()) else batch["labelled"]
+    return model.training_loss(batch["images"], batch["anatomy"], batch["pathology"], seed, pathology_known=known)
 
 
 @torch.no_grad()
@@ -348,10 +364,17 @@ def train_generator(
     lineage: dict[str, Any] | None = None,
     resume: bool = True,
 ) -> TrainingResult:
-    """Train a generator (anything with `training_loss`, `sample`, `save_pretrained`) and register it."""
-    work_dir = Path(work_dir)
+    """Train a generator (anything with `training_loss`, `sample`, `save_pretrained`) and register it, on
+    `config.num_threads` torch CPU threads (else `default_threads()`; torch's setting is restored after)."""
+    threads = config.num_threads or default_threads()
+    with torch_threads(threads):
+        return _train_generator(kind, model, data, val_data, config, Path(work_dir), registry_root, lineage, resume, threads)
+
+
+def _train_generator(kind: GeneratorKind, model: torch.nn.Module, data: TrainingData, val_data: TrainingData | None,
+                     config: TrainingConfig, work_dir: Path, registry_root: str | Path | None, lineage: dict[str, Any] | None,
+                     resume: bool, threads: int) -> TrainingResult:
     work_dir.mkdir(parents=True, exist_ok=True)
-    threads = set_threads(config)
     device = pick_device(config.device)
     model = model.to(device)
     parameters = dict((k, p) for k, p in model.named_parameters() if p.requires_grad)
@@ -470,10 +493,11 @@ def train_image_generator(data: TrainingData, val_data: TrainingData | None, mod
 
 
 def run_directory(root: str | Path, kind: GeneratorKind, dataset: str, version: str, model_config: BaseModel,
-                  training: TrainingConfig, build_id: str | None = None) -> Path:
+                  training: TrainingConfig, build_id: str | None = None, labelled_subset: LabelledSubset | None = None) -> Path:
     """Where a run keeps its checkpoints: one folder per (data, configs), so a rerun resumes it. `build_id`
     (the dataset version's content fingerprint) keeps a rebuilt v0001 from resuming an older one's run."""
     key = {"dataset": dataset, "version": version, "build_id": build_id, "model": model_config.model_dump(mode="json"),
+           **({"labelled_subset": labelled_subset.model_dump()} if labelled_subset is not None else {}),
            "training": training.model_dump(mode="json", exclude={"time_limit_minutes", "num_threads", "device"})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return Path(root) / "training" / kind / f"{dataset}-{version}-{digest[:12]}"
@@ -481,12 +505,20 @@ def run_directory(root: str | Path, kind: GeneratorKind, dataset: str, version: 
 
 def train_from_dataset(kind: GeneratorKind, root: str | Path, dataset: str, version: str,
                        model_config: MaskGeneratorConfig | ImageGeneratorConfig, training: TrainingConfig,
-                       train_split: str = "train", val_split: str | None = "val", resume: bool = True) -> TrainingResult:
-    """Train one generator on a stored dataset version and register it under `<root>/models/`."""
+                       train_split: str = "train", val_split: str | None = "val", resume: bool = True,
+                       labelled_subset: LabelledSubset | None = None) -> TrainingResult:
+    """Train one generator on a stored dataset version and register it under `<root>/models/`. With a
+    `labelled_subset`, only those samples' masks are seen: the mask generator trains on them alone, the
+    image generator on every image (the others as unlabelled: pathology unknown)."""
     data = load_training_data(root, dataset, version, train_split, model_config.image_size)
+    if labelled_subset is not None:
+        data = data.with_scarce_labels(labelled_subset)
+        if kind == "mask-generator":
+            data = data.labelled_only()
     val_data = load_training_data(root, dataset, version, val_split, model_config.image_size) if val_split else None
     resolved = data.source["version"]
-    work_dir = run_directory(root, kind, dataset, resolved, model_config, training, data.source.get("build_id"))
+    work_dir = run_directory(root, kind, dataset, resolved, model_config, training, data.source.get("build_id"),
+                             labelled_subset)
     train = train_mask_generator if kind == "mask-generator" else train_image_generator
     lineage = {"dataset": dataset, "version": resolved, "train_split": train_split, "val_split": val_split}
     return train(data, val_data, model_config, training, work_dir, registry_root=root, lineage=lineage, resume=resume)
@@ -498,12 +530,14 @@ def train_from_dataset(kind: GeneratorKind, root: str | Path, dataset: str, vers
 @task(name="train-mask-generator", tags=["gpu"])
 def train_mask_generator_task(root: str, dataset: str, version: str, model_config: MaskGeneratorConfig,
                               training: TrainingConfig, train_split: str = "train", val_split: str | None = "val",
-                              resume: bool = True) -> TrainingResult:
-    return train_from_dataset("mask-generator", root, dataset, version, model_config, training, train_split, val_split, resume)
+                              resume: bool = True, labelled_subset: LabelledSubset | None = None) -> TrainingResult:
+    return train_from_dataset("mask-generator", root, dataset, version, model_config, training, train_split, val_split, resume,
+                              labelled_subset)
 
 
 @task(name="train-image-generator", tags=["gpu"])
 def train_image_generator_task(root: str, dataset: str, version: str, model_config: ImageGeneratorConfig,
                                training: TrainingConfig, train_split: str = "train", val_split: str | None = "val",
-                               resume: bool = True) -> TrainingResult:
-    return train_from_dataset("image-generator", root, dataset, version, model_config, training, train_split, val_split, resume)
+                               resume: bool = True, labelled_subset: LabelledSubset | None = None) -> TrainingResult:
+    return train_from_dataset("image-generator", root, dataset, version, model_config, training, train_split, val_split, resume,
+                              labelled_subset)

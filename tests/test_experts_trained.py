@@ -23,9 +23,9 @@ from aurad_models.experts.trained import (
 )
 from aurad_models.registry import RegistryError, register_model
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, anatomy_index
+from aurad_models.augmentation import AugmentationConfig, PairedAugmentation
 from bench.world import cycle_findings, phantom_batch, write_phantom_version
 from tasks.experts import (
-    AugmentationConfig,
     ClassifierTrainingConfig,
     ExpertData,
     ExpertsTrainingConfig,
@@ -33,7 +33,6 @@ from tasks.experts import (
     evaluate_anatomy_segmenter,
     labels_from_findings,
     load_expert_data,
-    make_augmentation,
     train_anatomy_segmenter,
     train_pathology_classifier,
 )
@@ -136,19 +135,19 @@ def test_load_expert_data_reads_split_labels_and_anatomy(tmp_path):
 
 
 def test_augmentation_moves_image_and_masks_together():
-    lung = np.zeros((14, 64, 64), np.float32)
-    lung[anatomy_index("Left Lung"), 16:48, 36:52] = 1
-    item = {"image": lung[anatomy_index("Left Lung")][None].copy(), "masks": lung}
+    lung = np.zeros((1, 14, 64, 64), np.float32)
+    lung[0, anatomy_index("Left Lung"), 16:48, 36:52] = 1
+    image = torch.from_numpy(lung[:, anatomy_index("Left Lung")][:, None].copy())
     config = AugmentationConfig(affine_prob=1.0, rotate_degrees=10, scale=0.1, translate_fraction=0.1, noise_prob=0, contrast_prob=0)
-    out = make_augmentation(config, 64, ("masks",), seed=3)(dict(item))
-    image, masks = np.asarray(out["image"])[0], np.asarray(out["masks"])
+    out_image, masks = PairedAugmentation(config, seed=3)(image, torch.from_numpy(lung))
+    out_image, masks = out_image.numpy()[0, 0], masks.numpy()[0]
     assert set(np.unique(masks)) <= {0.0, 1.0}  # nearest for masks
-    assert len(np.unique(image)) > 2  # bilinear for the image
-    assert not np.array_equal(masks, lung)  # it moved
+    assert len(np.unique(out_image)) > 2  # bilinear for the image
+    assert not np.array_equal(masks, lung[0])  # it moved
     moved = masks[anatomy_index("Left Lung")].astype(bool)
-    assert np.mean((image > 0.5) == moved) > 0.98  # ...and the image moved with it
-    again = make_augmentation(config, 64, ("masks",), seed=3)(dict(item))
-    np.testing.assert_array_equal(np.asarray(again["masks"]), masks)  # seeded
+    assert np.mean((out_image > 0.5) == moved) > 0.98  # ...and the image moved with it
+    _, again = PairedAugmentation(config, seed=3)(image, torch.from_numpy(lung))
+    np.testing.assert_array_equal(again.numpy()[0], masks)  # seeded
 
 
 # --- training ------------------------------------------------------------------------------------

@@ -434,3 +434,36 @@ def test_compiled_sampling_matches_eager_and_saves_the_same(tmp_path, toy, image
     image_model.save_pretrained(tmp_path / "i")
     reloaded = ImageGenerator.from_pretrained(tmp_path / "i").sample(anatomy[:2], pathology[:2], [4, 5], FAST_IMAGE)
     assert np.array_equal(reloaded.images, eager.images)
+
+
+def test_scarce_labels_keep_the_images_and_hide_the_other_masks():
+    from tasks.retrain import LabelledSubset
+    from tasks.train import TrainingData
+
+    images, anatomy, pathology, findings = toy_batch(12, size=SIZE, seed=5)
+    data = TrainingData(images, anatomy, pathology, findings)
+    subset = LabelledSubset(fraction=0.25, seed=1, min_count=1)
+    scarce = data.with_scarce_labels(subset)
+    keep = subset.indices(12)
+    assert len(scarce) == 12 and scarce.labelled.sum() == len(keep) == 3 and scarce.labelled[keep].all()
+    np.testing.assert_array_equal(scarce.images, images)
+    assert scarce.pathology[~scarce.labelled].sum() == 0 and all(f == () for f, k in zip(scarce.findings, scarce.labelled) if not k)
+    np.testing.assert_array_equal(scarce.pathology[keep], pathology[keep])
+    only = scarce.labelled_only()
+    assert len(only) == 3 and only.source["labelled_subset"]["fraction"] == 0.25
+
+
+def test_unlabelled_images_train_the_image_generator_with_pathology_unknown(toy):
+    from aurad_models.image_generator import ImageGenerator, ImageGeneratorConfig
+
+    images, anatomy, pathology, _ = toy
+    model = ImageGenerator(ImageGeneratorConfig(image_size=SIZE, block_out_channels=(8, 16), norm_num_groups=4,
+                                                pathology_dropout=0.0, pathology_channel_dropout=0.0))
+    x, a, p = torch.from_numpy(images), torch.from_numpy(anatomy).float(), torch.from_numpy(pathology).float()
+    known = torch.tensor([True] * 3 + [False] * (len(images) - 3))
+    with_known = model.training_loss(x, a, p, seed=3, pathology_known=known)
+    # the unlabelled samples' masks are never seen: changing them changes nothing
+    scrambled = p.clone()
+    scrambled[3:] = 1 - scrambled[3:]
+    assert torch.equal(with_known, model.training_loss(x, a, scrambled, seed=3, pathology_known=known))
+    assert not torch.equal(model.training_loss(x, a, p, seed=3), model.training_loss(x, a, scrambled, seed=3))

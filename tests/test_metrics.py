@@ -334,3 +334,23 @@ def test_quality_metrics_records_what_was_skipped():
     full = metrics.quality_metrics(features, features, k=5)
     assert full["frechet"]["value"] == pytest.approx(0, abs=1e-8) and full["prdc"]["precision"] == 1.0
     assert full["prdc"]["extractor"] == "project:test"
+
+
+# --- classifier two-sample test ---------------------------------------------------------------------
+
+
+def test_c2st_cannot_tell_two_draws_of_one_distribution_apart_and_tells_blurred_images():
+    """Phantoms against other phantoms: accuracy near chance. Against the same phantoms blurred (what an
+    undertrained generator makes): near 1."""
+    from scipy.ndimage import gaussian_filter
+
+    from bench.world import phantom_batch
+
+    a, b = phantom_batch(range(0, 80), size=64).images, phantom_batch(range(500, 580), size=64).images
+    same = metrics.classifier_two_sample_test(a, b, seed=0, steps=150, width=8)
+    blurred = np.stack([gaussian_filter(x, 1.2) for x in b]).astype(np.float32)
+    apart = metrics.classifier_two_sample_test(a, blurred, seed=0, steps=150, width=8)
+    assert same["n_per_set"] == 80 and same["held_out"] == 80
+    assert same["accuracy"] < 0.7, same
+    assert apart["accuracy"] > 0.9 and apart["ci95"][0] <= apart["accuracy"] <= apart["ci95"][1], apart
+    assert metrics.classifier_two_sample_test(a[:4], b[:4])["skipped"]

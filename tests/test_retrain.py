@@ -59,7 +59,7 @@ def test_augmentation_moves_image_and_masks_together_and_is_seeded():
     probe = torch.from_numpy(data.masks[:, channel : channel + 1].astype(np.float32))
     masks = torch.from_numpy(data.masks.astype(np.float32))
     config = AugmentationConfig(affine_prob=1.0, rotate_degrees=8, scale=0.08, translate_fraction=0.05, noise_prob=0.0,
-                                intensity_prob=0.0)
+                                contrast_prob=0.0)
     images, moved = PairedAugmentation(config, seed=5)(probe, masks)
     assert not torch.equal(moved, masks)  # something moved
     agreement = ((images[:, 0] > 0.5) == (moved[:, channel] > 0.5)).float().mean()
@@ -380,3 +380,14 @@ def test_evaluate_profiles_load_and_round_trip_through_yaml():
 
     with pytest.raises(ValidationError):
         EvaluateConfig.model_validate({"segmentation": {"stepz": 10}})  # a typo is an error, not ignored
+
+
+def test_a_fixed_labelled_subset_is_every_seeds_scarce_subset_and_lies_in_the_larger_ones():
+    labelled = retrain.LabelledSubset(fraction=0.05, seed=7)
+    config = retrain.DownstreamConfig(labelled_subset=labelled, min_real=2)
+    core = labelled.indices(400)
+    for seed in (1, 2, 3):
+        np.testing.assert_array_equal(retrain._subset(400, 0.05, seed, config), core)
+        larger = retrain._subset(400, 0.10, seed, config)
+        assert len(larger) == 40 and set(core) <= set(larger)
+    assert not np.array_equal(retrain._subset(400, 0.10, 1, config), retrain._subset(400, 0.10, 2, config))

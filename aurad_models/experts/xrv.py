@@ -212,14 +212,6 @@ def find_weights(spec: XrvWeights, cache_dir: str | Path | None = None, path: st
     )
 
 
-def weights_available(name: str, cache_dir: str | Path | None = None, path: str | Path | None = None) -> bool:
-    try:
-        find_weights(xrv_weights(name), cache_dir, path)
-    except MissingWeightsError:
-        return False
-    return True
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -115,11 +115,6 @@ def capsule_distance(x: np.ndarray, y: np.ndarray, p0: tuple[float, float], p1: 
     return np.hypot(x - (p0[0] + t * vx), y - (p0[1] + t * vy))
 
 
-def superellipse_profile(t: np.ndarray, m: float) -> np.ndarray:
-    """Half-width of a superellipse at normalised height t: 1 at t=0, 0 for |t| >= 1."""
-    return np.clip(1.0 - np.abs(t) ** m, 0.0, 1.0) ** (1.0 / m)
-
-
 # --- the thorax outline --------------------------------------------------------------------------
 
 
