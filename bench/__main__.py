@@ -7,7 +7,7 @@ import importlib
 import time
 
 QUICK = ("phantom", "storage", "sampling", "filtering")
-ALL = QUICK + ("orchestration", "demo", "samplers", "quality")
+ALL = QUICK + ("orchestration", "demo", "samplers", "quality", "grounding")
 
 
 def main() -> None:

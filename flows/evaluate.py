@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aurad_models import metrics
 from aurad_models.vocabulary import PATHOLOGIES
 from aurad_models.experts.loading import ExpertChoice
-from tasks.report import headline_lines, render_evaluation_report
+from tasks.report import headline_lines, metrics_headline, render_evaluation_report
 from tasks.retrain import DownstreamConfig, LabelledImages, load_labelled, run_downstream, torch_threads
 
 logger = logging.getLogger(__name__)
@@ -275,6 +275,8 @@ def evaluate_flow(params: EvaluateParameters = EvaluateParameters()) -> Evaluate
     where, files = write_outputs_task(params, documents)
     gains = {name: documents[name]["gains"] for name in params.evaluate.tasks}
     headline = {name: headline_lines(documents[name]) for name in params.evaluate.tasks}
+    if documents.get("metrics"):
+        headline["quality"] = metrics_headline(documents["metrics"])
     for name, lines in headline.items():
         for line in lines:
             logger.info("%s: %s", name, line)

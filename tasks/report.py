@@ -338,6 +338,37 @@ def headline_lines(evaluation: Mapping[str, Any]) -> list[str]:
             f"against {fmt(real['pooled_dice'])} on real test images (ratio {fmt(fidelity.get('ratio'))}); masks re-found with "
             f"Dice >= {evaluation.get('config', {}).get('useful_dice', 0.5)}: {fmt(syn.get('useful_share'))} of synthetic samples "
             f"with findings, {fmt(real.get('useful_share'))} of real ones")
+    labels = labels_line(evaluation)
+    if labels:
+        lines.append(labels)
+    return lines
+
+
+def labels_line(evaluation: Mapping[str, Any]) -> str | None:
+    """Whether the result is a scarce-data result or a distillation bound, from the labels every model saw."""
+    seen = evaluation.get("labels_seen") or {}
+    if not seen:
+        return None
+    scarce = min((r.get("n_real") or 0 for r in evaluation.get("regimes", []) if r["train_set"] == "real"), default=0)
+    most = max(((info.get("labelled") or info.get("n") or 0), name) for name, info in seen.items())
+    if most[0] > scarce:
+        return (f"Labels: the {most[1].replace('_', ' ')} learnt from {most[0]} labelled real images, the scarcest downstream "
+                f"model from {scarce}: this is a distillation bound, not a scarce-label result")
+    return f"Labels: no model behind the synthetic data saw more than the {scarce} labelled images of the scarcest regime"
+
+
+def metrics_headline(metrics: Mapping[str, Any] | None) -> list[str]:
+    """Realism at a glance: the two-sample test and the Fréchet distance."""
+    if not metrics:
+        return []
+    lines = []
+    c2st = metrics.get("c2st") or {}
+    if c2st.get("accuracy") is not None:
+        lines.append(f"Realism: a small CNN tells accepted synthetic images from held-out real ones at {c2st['accuracy']:.2f} "
+                     f"accuracy (95% [{c2st['ci95'][0]:.2f}, {c2st['ci95'][1]:.2f}], 0.5 = indistinguishable)")
+    frechet = metrics.get("frechet") or {}
+    if frechet.get("value") is not None:
+        lines.append(f"{frechet.get('metric', 'FD')} to held-out real images: {frechet['value']:.2f} ({frechet.get('extractor', '')})")
     return lines
 
 
@@ -564,6 +595,9 @@ def render_evaluation_report(
     if sources:
         body.append(table_html(["", "value"], ([k, v if not isinstance(v, Mapping) else ", ".join(f"{a}={b}" for a, b in v.items())]
                                                 for k, v in sources.items()), "Data used.", "sources-table", 2))
+    realism = metrics_headline(metrics)
+    if realism:
+        body.append("<ul id=\"realism\">" + "".join(f"<li>{html.escape(line)}</li>" for line in realism) + "</ul>")
     body.append(downstream_section(evaluation))
     if detection is not None:
         body.append(downstream_section(detection))

@@ -31,6 +31,7 @@ class Page(HTMLParser):
         self._row_class: str | None = None
         self._cell: list[str] | None = None
         self._heading: list[str] | None = None
+        self.text = text
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
@@ -74,38 +75,45 @@ class Page(HTMLParser):
 
 
 def evaluation_document(task: str = "segmentation", metric: str = "dice") -> dict:
-    """An evaluation.json document as `run_downstream` writes it (values made up, shape exact)."""
+    """An evaluation.json document as `run_downstream` writes it: `retrain.summarise` over made-up results."""
+    from tasks import retrain
+
     per_class = {label: (0.1 * (i + 1) if label != "pneumothorax" else None) for i, label in enumerate(PATHOLOGIES)}
-    regimes = []
-    for fraction, train_set, mean in [(0.05, "real", 0.31), (0.05, "real+synthetic", 0.42), (0.1, "real", 0.38),
-                                      (0.1, "real+synthetic", 0.47), (0.0, "synthetic", 0.35)]:
-        regimes.append({"real_fraction": fraction, "train_set": train_set, "n_real": 0 if train_set == "synthetic" else int(400 * fraction),
-                        "n_synthetic": 0 if train_set == "real" else 300, "mean": mean, "std": 0.02, "seeds": 3,
-                        "values": [mean - 0.02, mean, mean + 0.02], "per_class": per_class, "per_class_std": per_class, "seconds": 10.0})
-        if metric == "dice":
-            regimes[-1].update(pooled_mean=mean + 0.1, pooled_std=0.01)
-    gains = [{"real_fraction": 0.05, "real": 0.31, "real+synthetic": 0.42, "gain": 0.11, "gain_std": 0.01, "improved": True},
-             {"real_fraction": 0.1, "real": 0.38, "real+synthetic": 0.47, "gain": 0.09, "gain_std": 0.02, "improved": True}]
-    return {"schema_version": 1, "task": task, "metric": metric, "classes": list(PATHOLOGIES), "regimes": regimes, "gains": gains,
-            "test": {"n": 200}, "real_train": {"n": 400}, "synthetic": {"n": 300}, "config": {"seeds": 3},
-            "sources": {"real": "phantom/v0001", "synthetic": "synthetic/v0003"}, "seconds": 95.0}
+    results = []
+    for fraction, train_set, mean, n_real, added in [(0.05, "real", 0.31, 20, 0), (0.05, "real+synthetic", 0.42, 20, 300),
+                                                     (0.05, "real+oracle", 0.47, 20, 300), (0.1, "real", 0.38, 40, 0),
+                                                     (0.1, "real+synthetic", 0.47, 40, 300), (0.0, "synthetic", 0.35, 0, 300)]:
+        for seed, delta in enumerate((-0.02, 0.0, 0.02)):
+            score = {"mean": mean + delta + (0.01 * seed if train_set != "real" else 0), "per_class": per_class}
+            if metric == "dice":
+                score["pooled"] = {"mean": mean + 0.1}
+            results.append(retrain.JobResult(train_set, fraction, seed, n_real, added, score, 100, 300, 10.0))
+    document = retrain.summarise(task, results, retrain.DownstreamConfig(seeds=3))
+    document.update(test={"n": 200}, val={"n": 50}, real_train={"n": 400}, synthetic={"n": 300}, config={"seeds": 3},
+                    sources={"real": "phantom/v0001", "synthetic": "synthetic/v0003"}, seconds=95.0,
+                    labels_seen={"image_generator": {"model": "image-generator-1", "dataset": "phantom", "n": 400}})
+    return document
 
 
 def test_evaluation_report_has_the_downstream_tables_and_plots():
     page = Page(render_evaluation_report(evaluation_document(), evaluation_document("detection", "map50")))
     segmentation = page.tables["downstream-segmentation"]
     header = segmentation[0][1]
-    assert header[:7] == ["train set", "real fraction", "real images", "synthetic images", "Dice", "± std", "seeds"]
-    assert header[7:9] == ["pooled", "± std"] and header[9:] == list(PATHOLOGIES)
+    assert header[:7] == ["train set", "real", "real images", "added images", "Dice", "± std", "seeds"]
+    assert header[7:10] == ["pooled", "± std", "best step (median)"] and header[10:] == list(PATHOLOGIES)
     regimes = [cells for cls, cells in segmentation if cls == "regime"]
-    assert [(r[0], r[1]) for r in regimes] == [("real", "0.050"), ("real+synthetic", "0.050"), ("real", "0.100"),
-                                              ("real+synthetic", "0.100"), ("synthetic", "0.000")]
-    assert regimes[1][4] == "0.420" and regimes[1][3] == "300" and regimes[1][7] == "0.520"
-    assert regimes[0][9 + PATHOLOGIES.index("pneumothorax")] == "–"  # never occurs: a dash, not 0
+    assert [(r[0], r[1]) for r in regimes] == [("real", "5%"), ("real+synthetic", "5%"), ("real+oracle", "5%"), ("real", "10%"),
+                                              ("real+synthetic", "10%"), ("synthetic", "0%")]
+    assert regimes[1][4] == "0.430" and regimes[1][3] == "300" and regimes[1][7] == "0.520"
+    assert regimes[0][10 + PATHOLOGIES.index("pneumothorax")] == "–"  # never occurs: a dash, not 0
     detection_header = page.tables["downstream-detection"][0][1]
-    assert detection_header[4] == "mAP@0.5" and detection_header[7:] == list(PATHOLOGIES)  # no pooled column
+    assert detection_header[4] == "mAP@0.5" and detection_header[7:8] == ["best step (median)"]  # no pooled column
     gains = [cells for cls, cells in page.tables["gains-segmentation"] if cls == "gain"]
-    assert gains[0][:4] == ["5%", "0.310", "0.420", "0.110"] and gains[0][-1] == "yes"
+    assert gains[0][:5] == ["5%", "0.310", "0.430", "0.120", "yes"] and gains[0][5] == "0.170"
+    assert gains[0][6] == "0.706"  # 0.12 of the oracle's 0.17
+    comparisons = [cells for cls, cells in page.tables["comparisons-segmentation"] if cls == "gain"]
+    assert [c[:2] for c in comparisons] == [["5%", "real+synthetic"], ["5%", "real+oracle"], ["10%", "real+synthetic"]]
+    assert "distillation bound" in page.text and "synthetic reaches 71% of it" in page.text
     # per task: metric-vs-real-data plot and per-class plot, all inline PNGs
     pngs = page.png_images()
     assert len(pngs) == 4 and all(png.startswith(PNG_MAGIC) for png in pngs)
@@ -116,7 +124,7 @@ def test_evaluation_report_has_the_downstream_tables_and_plots():
 def test_evaluation_report_without_synthetic_data_says_so():
     document = evaluation_document()
     document["regimes"] = [r for r in document["regimes"] if r["train_set"] == "real"]
-    document["gains"], document["synthetic"] = [], None
+    document["gains"], document["comparisons"], document["synthetic"] = [], [], None
     text = render_evaluation_report(document)
     page = Page(text)
     assert len([c for c, _ in page.tables["downstream-segmentation"] if c == "regime"]) == 2
@@ -152,7 +160,8 @@ def test_version_report_has_every_section(phantoms):
     )
     page = Page(text)
     assert page.headings[0] == "synthetic v0001"
-    for heading in ("Samples", "Finding frequencies", "Acceptance by the expert filter", "Data-quality gates", "Quality metrics"):
+    for heading in ("Samples", "Finding frequencies (accepted samples)", "Acceptance by the expert filter", "Data-quality gates",
+                    "Quality metrics"):
         assert heading in page.headings
     # the overall grid, one grid per finding present in the phantoms, the frequency bar chart, 2 downstream plots
     present = [label for c, label in enumerate(PATHOLOGIES) if phantoms.pathology[:, c].any()]
