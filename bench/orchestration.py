@@ -3,7 +3,7 @@ same stage functions in a plain loop, with the overhead accounted inside each ru
 
     python -m bench.orchestration [--n-samples 2000] [--shard-size 200] [--inference-steps 4] [--root DIR]
 
-Both runs execute `flows.build.run_build` with identical configs except the dataset name; the only
+Both runs execute `tasks.build.run_build` with identical configs except the dataset name; the only
 difference is the shard stage: `generate_shards_with_prefect` (a Prefect subflow submitting one task per
 shard to a thread pool) or `generate_shards_in_loop`. A warm-up build first starts Prefect's ephemeral
 server and loads the models, so neither timed run pays for them; the server start is reported on its own.
@@ -31,7 +31,8 @@ from bench.record import markdown_table, write_results
 def run(n_samples: int, shard_size: int, inference_steps: int, root: Path, repeats: int) -> dict[str, Any]:
     import flows  # noqa: F401  (offline, quiet defaults before Prefect loads)
     from bench.world import make_build_world, tiny_build_config
-    from flows.build import build_flow, generate_shards_in_loop, run_build
+    from flows.build import build_flow, generate_shards_in_loop
+    from tasks.build import run_build
 
     if not (root / "models").is_dir():
         make_build_world(root)

@@ -20,7 +20,7 @@ from storage import ArraySpec, stage_version
 from tasks.experts import ClassifierTrainingConfig, LesionSegmenterTrainingConfig, SegmenterTrainingConfig, SourceRef
 from tasks.experts import train_and_register_classifier, train_and_register_lesion_segmenter, train_and_register_segmenter
 from tasks.filtering import FilterConfig
-from tasks.generate import BuildConfig
+from tasks.build import BuildConfig
 from tasks.quality import QualityConfig
 from tasks.train import TrainingConfig, train_from_dataset
 

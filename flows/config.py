@@ -5,8 +5,8 @@
     experts:      project-trained classifier and anatomy segmenter  -> flows/experts.py
     anatomy_bank: anatomy masks segmented from unlabelled CXRs      -> flows/anatomy.py
     train:        the mask and image generators                     -> flows/train.py
-    build:        the synthetic dataset build                       -> flows/build.py
-    evaluate:     downstream retraining and quality metrics         -> flows/evaluate.py
+    build:        the synthetic dataset build                       -> flows/build.py (tasks/build.py)
+    evaluate:     downstream retraining and quality metrics         -> flows/evaluate.py (tasks/evaluate.py)
 
 Each section *is* its flow's parameter model, so a profile, the CLI and the Prefect UI form all speak
 the same names. `storage.root` is the single place the root is set: it is copied into every section,
@@ -22,11 +22,11 @@ from typing import Iterable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.anatomy import AnatomyBankParameters
-from flows.evaluate import EvaluateParameters
+from tasks.evaluate import EvaluateParameters
 from flows.experts import TrainExpertsParameters
 from flows.profiles import apply_overrides, read_profile, validate
 from flows.train import TrainFlowParameters
-from tasks.generate import BuildConfig
+from tasks.build import BuildConfig
 from tasks.source import SourceConfig
 
 DEFAULT_ROOT = "aurad-data"

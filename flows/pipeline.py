@@ -23,7 +23,8 @@ from aurad_models import embedded
 from aurad_models.hashing import config_hash
 from aurad_models.registry import RegistryError, resolve_model
 from flows.anatomy import anatomy_bank_flow
-from flows.build import IMAGE_GENERATOR_KIND, MASK_GENERATOR_KIND, BuildResult, build_flow
+from flows.build import build_flow
+from tasks.build import IMAGE_GENERATOR_KIND, MASK_GENERATOR_KIND, BuildResult
 from flows.config import AuradConfig
 from flows.evaluate import evaluate_flow
 from flows.experts import train_experts_flow
@@ -115,7 +116,7 @@ def export_trained_step(config: AuradConfig, step: str, kinds: dict[str, str], p
     import platform
     from importlib.metadata import version
 
-    from flows.build import code_version
+    from tasks.build import code_version
 
     settings = step_settings(config, step)
     fingerprint = config_hash(settings)

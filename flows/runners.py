@@ -18,7 +18,7 @@ from typing import Any
 
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from tasks.generate import BuildConfig
+from tasks.build import BuildConfig
 
 
 def shard_task_runner(config: BuildConfig):

@@ -17,107 +17,26 @@ import functools
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 from prefect import task
-from pydantic import BaseModel, ConfigDict, Field
 
-from aurad_models.experts import ExpertChoice, load_anatomy_expert, load_lesion_expert, load_pathology_expert
-from aurad_models.findings import Finding, render_prompt
-from aurad_models.image_generator import ImageGenerator, ImageSamplingConfig
-from aurad_models.mask_generator import MaskGenerator, MaskSamplingConfig
+from aurad_models.experts import load_anatomy_expert, load_lesion_expert, load_pathology_expert
+from aurad_models.findings import render_prompt
+from aurad_models.image_generator import ImageGenerator
+from aurad_models.mask_generator import MaskGenerator
 from aurad_models.pixels import to_stored
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import PATHOLOGIES
 from storage import StagedVersion, open_dataset
+from tasks.build import BuildConfig, BuildModels, Prompt, ShardPlan
 from tasks.devices import candidate_devices, lease_device
-from tasks.filtering import FilterConfig, FilterExperts, FilterResult, ImageStatsReference, acceptance_report, filter_batch
-from tasks.prompts import PromptSamplerConfig
-from tasks.quality import GateResult, QualityConfig, anatomy_gate, anatomy_stats, image_gate, image_stats, mask_gate, mask_stats
+from tasks.filtering import FilterExperts, FilterResult, ImageStatsReference, acceptance_report, filter_batch
+from tasks.quality import GateResult, anatomy_gate, anatomy_stats, image_gate, image_stats, mask_gate, mask_stats
 
 logger = logging.getLogger(__name__)
-
-Prompt = tuple[Finding, ...]
-
-
-class QuotaConfig(BaseModel):
-    """How many accepted samples the build asks for, overall and per finding."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    accepted: int | None = Field(None, ge=0, description="accepted samples wanted overall")
-    per_finding: dict[str, int] = Field(default_factory=dict, description="accepted samples wanted per finding")
-    required: bool = Field(False, description="fail the build (publish nothing) when a quota is missed")
-
-
-class BuildConfig(BaseModel):
-    """A dataset build: what to make, from which models and anatomy, how to filter and check it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    root: str = Field("aurad-data", description="storage root: datasets and the model registry")
-    dataset: str = "synthetic"
-    n_samples: int = Field(256, ge=1)
-    shard_size: int = Field(64, ge=1)
-    seed: int = 0
-    source_dataset: str = Field("phantom", description="labels for the prompt prior, image statistics reference")
-    source_version: str = "latest"
-    anatomy_bank: str = "anatomy-bank"
-    anatomy_bank_version: str = "latest"
-    mask_model: str = Field("latest", description="registry id of the mask generator, or 'latest'")
-    image_model: str = Field("latest", description="registry id of the image generator, or 'latest'")
-    classifier: ExpertChoice = Field(default_factory=ExpertChoice)
-    segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
-    fidelity: ExpertChoice = Field(default_factory=lambda: ExpertChoice(source="project"),
-                                   description="the lesion segmenter trained on real images (fidelity expert)")
-    prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
-    mask_sampling: MaskSamplingConfig = Field(
-        default_factory=MaskSamplingConfig,
-        description="keeps only the prompted classes, each clipped to the region its prompt names (the defaults): the "
-        "image is rendered from these final masks, so they stay pixel-exact",
-    )
-    image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
-    cardiomegaly_ctr: float = Field(0.55, gt=0, lt=1, description="cardiothoracic ratio above which bank anatomy counts as an enlarged heart")
-    max_tries: int = Field(3, ge=1, description="tries (new seeds) per prompt")
-    prompt_redraws: int = Field(
-        3, ge=0, description="after max_tries rejections, the slot's prompt is drawn again with the same findings and "
-        "new attributes (side, zone, size), up to this many times; a slot still rejected then is kept as rejected")
-    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    task_runner: Literal["threads", "dask"] = "threads"
-    workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
-    dask_address: str | None = Field(None, description="a Dask scheduler address; None starts a LocalCluster")
-    gpu_concurrency_limit: str | None = Field(
-        None, description="a Prefect global concurrency limit each shard task holds one slot of while it runs (caps "
-        "GPU shards across machines; create it first: `prefect gcl create gpu --limit N`). None: no limit; a machine "
-        "still runs one shard per GPU (tasks/devices.py)")
-
-
-@dataclass(frozen=True)
-class BuildModels:
-    """The pinned identity of every model a build uses (hashable: a per-process cache key)."""
-
-    registry_root: str
-    mask_model_id: str
-    mask_model_dir: str
-    image_model_id: str
-    image_model_dir: str
-    classifier: ExpertChoice
-    segmenter: ExpertChoice
-    device: str
-    fidelity: ExpertChoice = ExpertChoice(source="project")
-
-    def on_device(self, device: str) -> "BuildModels":
-        """The same models placed on `device`; experts follow it unless their own device is pinned."""
-        def follow(choice: ExpertChoice) -> ExpertChoice:
-            return choice if choice.device not in (None, "auto", "cuda") else choice.model_copy(update={"device": device})
-
-        return replace(self, device=device, classifier=follow(self.classifier), segmenter=follow(self.segmenter),
-                       fidelity=follow(self.fidelity))
 
 
 @dataclass
@@ -142,25 +61,6 @@ def load_models(models: BuildModels, filter_enabled: tuple[str, ...]) -> LoadedM
         image_generator=ImageGenerator.from_pretrained(models.image_model_dir, device=device),
         experts=experts,
     )
-
-
-@dataclass
-class ShardPlan:
-    """What one shard makes: a prompt and a bank sample per slot (small: it travels to the task)."""
-
-    shard: int
-    start: int
-    prompts: list[Prompt]
-    bank_indices: list[int]
-    redraws: list[list[Prompt]] = field(default_factory=list)  # per slot: the prompts tried after the first
-
-    def prompt_at(self, slot: int, attempt: int, max_tries: int) -> Prompt:
-        """The prompt of a slot's try: the first prompt for `max_tries` tries, then each redraw in turn."""
-        k = attempt // max_tries
-        return self.prompts[slot] if k == 0 else self.redraws[slot][k - 1]
-
-    def attempts(self, slot: int, max_tries: int) -> int:
-        return max_tries * (1 + (len(self.redraws[slot]) if self.redraws else 0))
 
 
 @dataclass

@@ -84,6 +84,6 @@ def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server
     assert "BuildConfig" in definitions and "max_tries" in definitions["BuildConfig"]["properties"]
 
     # The registered parameters validate as the flow's parameter model (what a worker will run).
-    from tasks.generate import BuildConfig
+    from tasks.build import BuildConfig
 
     assert BuildConfig.model_validate(nightly["parameters"]["params"]).n_samples == 2000

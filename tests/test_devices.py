@@ -11,7 +11,7 @@ import pytest
 
 from aurad_models.experts import ExpertChoice
 from tasks.devices import candidate_devices, lease_device
-from tasks.generate import BuildModels
+from tasks.build import BuildModels
 
 GPUS = ["cuda:0", "cuda:1"]
 

@@ -306,7 +306,8 @@ def test_load_labelled_reads_splits_and_accepted_samples(stored_root):
 
 
 def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path, prefect_harness):
-    from flows.evaluate import EvaluateConfig, EvaluateParameters, MetricsConfig, evaluate_flow
+    from flows.evaluate import evaluate_flow
+    from tasks.evaluate import EvaluateConfig, EvaluateParameters, MetricsConfig
     from test_report import Page
 
     config = EvaluateConfig(
@@ -343,7 +344,8 @@ def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path
 def test_evaluate_flow_uses_a_registered_classifier_for_feature_metrics(stored_root, tmp_path, prefect_harness):
     from aurad_models.experts.trained import PATHOLOGY_CLASSIFIER_KIND, PathologyClassifier
     from aurad_models.registry import register_model
-    from flows.evaluate import EvaluateConfig, EvaluateParameters, MetricsConfig, evaluate_flow
+    from flows.evaluate import evaluate_flow
+    from tasks.evaluate import EvaluateConfig, EvaluateParameters, MetricsConfig
 
     registry = tmp_path / "registry"
     PathologyClassifier(image_size=SIZE).save_pretrained(tmp_path / "classifier")
@@ -367,7 +369,7 @@ def test_evaluate_profiles_load_and_round_trip_through_yaml():
     import yaml
 
     from flows.config import load_config
-    from flows.evaluate import EvaluateConfig
+    from tasks.evaluate import EvaluateConfig
 
     demo, quality = load_config("demo").evaluate.evaluate, load_config("quality").evaluate.evaluate
     assert demo.tasks == ("segmentation",) and demo.real_fractions == (0.05, 0.10) and demo.synthetic_only

@@ -1,0 +1,451 @@
+"""The build: its configuration, the models it pins, planning (prompts, anatomy and redraws per slot), its
+identity, the dataset-level gates and quotas, lineage and the report hand-off. The shard stage (`tasks.generate`)
+makes the samples; how it runs (Prefect tasks on a thread pool or Dask, or a plain loop) is passed in, so the
+same `run_build` runs under `flows.build.build_flow` and in `bench/orchestration.py`.
+
+    result = run_build(config, shard_stage, logger)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from aurad_models.anatomy_rules import cardiothoracic_ratio
+from aurad_models.experts import ANATOMY_SEGMENTER_KIND, LESION_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, ExpertChoice, resolve_choice
+from aurad_models.findings import Finding
+from aurad_models.hashing import config_hash
+from aurad_models.image_generator import ImageSamplingConfig
+from aurad_models.mask_generator import MaskSamplingConfig
+from aurad_models.registry import resolve_model
+from aurad_models.seeding import derive_seed
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_build, open_dataset, stage_version
+from tasks.devices import resolve_device
+from tasks.filtering import FilterConfig, ImageStatsReference, image_stats_reference_from_dataset
+from tasks.prompts import FindingPrior, PromptSamplerConfig, estimate_prior, redraw_attributes, sample_prompts, tilted_weights
+from tasks.quality import (
+    GateResult,
+    QualityConfig,
+    QualityGateFailed,
+    accepted_frequencies,
+    coverage_gate,
+    manifest_gate,
+    prompt_gate,
+    raise_on_failure,
+    render_quality_html,
+)
+from tasks.report import render_version_report
+
+if TYPE_CHECKING:
+    from tasks.generate import ShardReport
+
+MASK_GENERATOR_KIND = "mask-generator"
+IMAGE_GENERATOR_KIND = "image-generator"
+Prompt = tuple[Finding, ...]
+
+
+class QuotaConfig(BaseModel):
+    """How many accepted samples the build asks for, overall and per finding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accepted: int | None = Field(None, ge=0, description="accepted samples wanted overall")
+    per_finding: dict[str, int] = Field(default_factory=dict, description="accepted samples wanted per finding")
+    required: bool = Field(False, description="fail the build (publish nothing) when a quota is missed")
+
+
+class BuildConfig(BaseModel):
+    """A dataset build: what to make, from which models and anatomy, how to filter and check it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field("aurad-data", description="storage root: datasets and the model registry")
+    dataset: str = "synthetic"
+    n_samples: int = Field(256, ge=1)
+    shard_size: int = Field(64, ge=1)
+    seed: int = 0
+    source_dataset: str = Field("phantom", description="labels for the prompt prior, image statistics reference")
+    source_version: str = "latest"
+    anatomy_bank: str = "anatomy-bank"
+    anatomy_bank_version: str = "latest"
+    mask_model: str = Field("latest", description="registry id of the mask generator, or 'latest'")
+    image_model: str = Field("latest", description="registry id of the image generator, or 'latest'")
+    classifier: ExpertChoice = Field(default_factory=ExpertChoice)
+    segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
+    fidelity: ExpertChoice = Field(default_factory=lambda: ExpertChoice(source="project"),
+                                   description="the lesion segmenter trained on real images (fidelity expert)")
+    prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
+    mask_sampling: MaskSamplingConfig = Field(
+        default_factory=MaskSamplingConfig,
+        description="keeps only the prompted classes, each clipped to the region its prompt names (the defaults): the "
+        "image is rendered from these final masks, so they stay pixel-exact",
+    )
+    image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    cardiomegaly_ctr: float = Field(0.55, gt=0, lt=1, description="cardiothoracic ratio above which bank anatomy counts as an enlarged heart")
+    max_tries: int = Field(3, ge=1, description="tries (new seeds) per prompt")
+    prompt_redraws: int = Field(
+        3, ge=0, description="after max_tries rejections, the slot's prompt is drawn again with the same findings and "
+        "new attributes (side, zone, size), up to this many times; a slot still rejected then is kept as rejected")
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    task_runner: Literal["threads", "dask"] = "threads"
+    workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
+    dask_address: str | None = Field(None, description="a Dask scheduler address; None starts a LocalCluster")
+    gpu_concurrency_limit: str | None = Field(
+        None, description="a Prefect global concurrency limit each shard task holds one slot of while it runs (caps "
+        "GPU shards across machines; create it first: `prefect gcl create gpu --limit N`). None: no limit; a machine "
+        "still runs one shard per GPU (tasks/devices.py)")
+
+
+@dataclass(frozen=True)
+class BuildModels:
+    """The pinned identity of every model a build uses (hashable: a per-process cache key)."""
+
+    registry_root: str
+    mask_model_id: str
+    mask_model_dir: str
+    image_model_id: str
+    image_model_dir: str
+    classifier: ExpertChoice
+    segmenter: ExpertChoice
+    device: str
+    fidelity: ExpertChoice = ExpertChoice(source="project")
+
+    def on_device(self, device: str) -> "BuildModels":
+        """The same models placed on `device`; experts follow it unless their own device is pinned."""
+        def follow(choice: ExpertChoice) -> ExpertChoice:
+            return choice if choice.device not in (None, "auto", "cuda") else choice.model_copy(update={"device": device})
+
+        return replace(self, device=device, classifier=follow(self.classifier), segmenter=follow(self.segmenter),
+                       fidelity=follow(self.fidelity))
+
+
+@dataclass
+class ShardPlan:
+    """What one shard makes: a prompt and a bank sample per slot (small: it travels to the task)."""
+
+    shard: int
+    start: int
+    prompts: list[Prompt]
+    bank_indices: list[int]
+    redraws: list[list[Prompt]] = field(default_factory=list)  # per slot: the prompts tried after the first
+
+    def prompt_at(self, slot: int, attempt: int, max_tries: int) -> Prompt:
+        """The prompt of a slot's try: the first prompt for `max_tries` tries, then each redraw in turn."""
+        k = attempt // max_tries
+        return self.prompts[slot] if k == 0 else self.redraws[slot][k - 1]
+
+    def attempts(self, slot: int, max_tries: int) -> int:
+        return max_tries * (1 + (len(self.redraws[slot]) if self.redraws else 0))
+
+
+class BuildResult(BaseModel):
+    """What a build made and where it is."""
+
+    dataset: str
+    version: str
+    build_id: str
+    n_samples: int
+    accepted: int
+    generated_shards: list[int]
+    reused_shards: list[int]
+    quotas: dict[str, Any]
+    report: str
+    already_published: bool = False
+    seconds: dict[str, float] = {}  # wall time of the build's steps; `shard_tasks` sums the shard task bodies
+
+
+# --- inputs --------------------------------------------------------------------------------------
+
+
+def resolve_models(config: BuildConfig, root: str) -> BuildModels:
+    """Pin every model to an exact registered id / weights file: the build's identity."""
+    mask = resolve_model(root, MASK_GENERATOR_KIND, config.mask_model)
+    image = resolve_model(root, IMAGE_GENERATOR_KIND, config.image_model)
+    enabled = config.filter.enabled()
+    classifier = resolve_choice(config.classifier, PATHOLOGY_CLASSIFIER_KIND, root) if "classifier" in enabled else config.classifier
+    segmenter = resolve_choice(config.segmenter, ANATOMY_SEGMENTER_KIND, root) if "anatomy" in enabled else config.segmenter
+    fidelity = resolve_choice(config.fidelity, LESION_SEGMENTER_KIND, root) if "fidelity" in enabled else config.fidelity
+    return BuildModels(
+        registry_root=str(root),
+        mask_model_id=mask.id,
+        mask_model_dir=str(mask.path),
+        image_model_id=image.id,
+        image_model_dir=str(image.path),
+        classifier=classifier,
+        segmenter=segmenter,
+        fidelity=fidelity,
+        device=resolve_device(config.device),
+    )
+
+
+def label_targets(config: BuildConfig, prior) -> dict[str, float]:
+    """Per-finding share of prompts the sampler aims at (the tilted prior's marginals)."""
+    combos, p = tilted_weights(prior, config.prompts)
+    return {label: float(sum(w for c, w in zip(combos, p) if label in c)) for label in PATHOLOGIES}
+
+
+def plan_shards(
+    config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int],
+    prior: FindingPrior | None = None,
+) -> list[ShardPlan]:
+    """Pair every slot with a prompt and an accepted anatomy-bank sample that fits it, and draw the prompts a
+    slot tries when its first one keeps being rejected (`config.prompt_redraws`: the same findings with
+    attributes drawn again from `prior`, seeded by the slot's index, so a resumed shard draws the same).
+
+    Cardiomegaly is a finding of the anatomy itself (an enlarged heart), so prompts with cardiomegaly draw
+    anatomy whose cardiothoracic ratio exceeds `config.cardiomegaly_ctr`, and the others draw normal hearts.
+    Each pool is a seeded permutation, cycled when the build needs more samples than the pool holds.
+    """
+    accepted = np.flatnonzero(np.asarray(bank.manifest.column("accepted").to_pylist(), dtype=bool))
+    if accepted.size == 0:
+        raise ValueError(f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy to draw from")
+    ctr = bank_cardiothoracic_ratios(bank, accepted)
+    pools = {True: accepted[ctr > config.cardiomegaly_ctr], False: accepted[ctr <= config.cardiomegaly_ctr]}
+    wants = np.array([any(f.label == "cardiomegaly" for f in prompt) for prompt in prompts])
+    assignment = np.empty(len(prompts), dtype=np.int64)
+    for enlarged, pool in pools.items():
+        slots = np.flatnonzero(wants == enlarged)
+        if slots.size == 0:
+            continue
+        if pool.size == 0:
+            kind = f"an enlarged heart (CTR > {config.cardiomegaly_ctr})" if enlarged else f"a normal heart (CTR <= {config.cardiomegaly_ctr})"
+            raise ValueError(
+                f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy with {kind} for {slots.size} prompts; "
+                "segment more images into the bank or change the prompt targets"
+            )
+        rng = np.random.default_rng(derive_seed(config.seed, "anatomy-bank", int(enlarged)))
+        rounds = -(-slots.size // pool.size)
+        assignment[slots] = np.concatenate([rng.permutation(pool) for _ in range(rounds)])[: slots.size]
+    plans = []
+    for k in shards:
+        start, stop = staged.shard_bounds(k)
+        redraws = [
+            [redraw_attributes(prompts[i], prior, config.prompts, derive_seed(config.seed, "redraw", i, r)) if prior else prompts[i]
+             for r in range(config.prompt_redraws)]
+            for i in range(start, stop)
+        ]
+        plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist(),
+                               redraws=redraws))
+    return plans
+
+
+def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.ndarray:
+    """Cardiothoracic ratio of each bank sample, from its heart and lung masks."""
+    anatomy = np.asarray(bank.anatomy.get_orthogonal_selection((indices,)))
+    return np.array([cardiothoracic_ratio(a) for a in anatomy])
+
+
+def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion, bank: DatasetVersion) -> str:
+    """Same settings, models and inputs -> same build id (resume); anything else -> a new build."""
+    identity = {
+        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device", "gpu_concurrency_limit"}),
+        "mask_model": models.mask_model_id,
+        "image_model": models.image_model_id,
+        "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "segmenter": models.segmenter.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "fidelity": models.fidelity.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "source": f"{source.name}/{source.version}",
+        "bank": f"{bank.name}/{bank.version}",
+    }
+    return f"build-{config_hash(identity)[:16]}"
+
+
+ShardStage = Callable[[StagedVersion, list[ShardPlan], BuildModels, ImageStatsReference, BuildConfig, str, str], list["ShardReport"]]
+
+
+def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> BuildResult:
+    """The build's steps, given how to run the shard stage (Prefect fan-out or a plain loop)."""
+    root = config.root
+    started = time.perf_counter()
+
+    # 1. Inputs, each pinned to an exact version.
+    source = open_dataset(root, config.source_dataset, config.source_version)
+    bank = open_dataset(root, config.anatomy_bank, config.anatomy_bank_version)
+    models = resolve_models(config, root)
+    build_id = build_id_of(config, models, source, bank)
+    published = find_published_build(root, config.dataset, build_id)
+    if published is not None:
+        logger.info("this build is already published as %s/%s", config.dataset, published)
+        return _existing_result(root, config.dataset, published, build_id)
+    logger.info("build %s: %d samples of %s from %s, models %s + %s", build_id, config.n_samples, config.dataset,
+                bank.path, models.mask_model_id, models.image_model_id)
+
+    # 2. Prompts, checked before any generation.
+    source_findings = source.to_pandas().query("split == 'train'")["findings"] if "split" in source.manifest.column_names else []
+    prior = estimate_prior([list(f) for f in source_findings])
+    prompts = sample_prompts(config.n_samples, prior, config.prompts, derive_seed(config.seed, "prompts"))
+    targets = label_targets(config, prior)
+    prompts_gate = prompt_gate(prompts, targets, config.quality)
+    raise_on_failure([prompts_gate])
+    reference = image_stats_reference_from_dataset(source, split="train")
+
+    # 3. Generate the shards not finished yet (a resumed build reuses the others).
+    image_size = int(bank.images.shape[-1])
+    spec = ArraySpec(image_size=image_size, pathology_channels=PATHOLOGIES, anatomy_channels=ANATOMY_STRUCTURES)
+    staged = stage_version(root, config.dataset, build_id, config.n_samples, config.shard_size, spec)
+    finished = staged.finished_shards()
+    pending = sorted(set(range(staged.n_shards)) - finished)
+    logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))
+    plans = plan_shards(config, prompts, bank, staged, pending, prior)
+    seconds = {"inputs_and_prompts": time.perf_counter() - started}
+    tick = time.perf_counter()
+    reports = shard_stage(staged, plans, models, reference, config, root, bank.version) if plans else []
+    seconds["shards"] = time.perf_counter() - tick
+    seconds["shard_tasks"] = sum(r.seconds["total"] for r in reports)
+    tick = time.perf_counter()
+
+    # 4. Dataset-level gates and quotas on the staged manifest; nothing is published if one fails.
+    manifest = staged.read_manifest().to_pandas()
+    frequencies = accepted_frequencies(manifest, targets)
+    gates = [prompts_gate, manifest_gate(manifest, config.quality)]
+    if config.quality.min_class_coverage > 0:
+        gates.append(coverage_gate(frequencies, config.quality))
+    quotas = quota_report(manifest, config)
+    lineage = _lineage(config, models, source, bank, build_id, targets, reports, quotas, started)
+    report_path = _write_quality(staged, gates, manifest, frequencies, reports, quotas, config)
+    if config.quotas.required and not quotas["met"]:
+        gates.append(GateResult("quotas", False, [f"quota missed: {m}" for m in quotas["missed"]], {}, len(manifest)))
+    try:
+        raise_on_failure(gates)
+    except QualityGateFailed:
+        logger.error("data-quality gates failed; the staged build stays at %s for inspection, nothing is published", staged.path)
+        raise
+
+    # 5. Publish atomically.
+    version = staged.publish(lineage)
+    seconds["gates_and_publish"] = time.perf_counter() - tick
+    seconds["total"] = time.perf_counter() - started
+    logger.info("published %s/%s: %d samples, %d accepted (%.0f s)", config.dataset, version, len(manifest),
+                int(manifest["accepted"].sum()), seconds["total"])
+    return BuildResult(
+        dataset=config.dataset,
+        version=version,
+        build_id=build_id,
+        n_samples=len(manifest),
+        accepted=int(manifest["accepted"].sum()),
+        generated_shards=pending,
+        reused_shards=sorted(finished),
+        quotas=quotas,
+        report=f"{open_dataset(root, config.dataset, version).path}/{report_path}",
+        seconds={k: round(v, 3) for k, v in seconds.items()},
+    )
+
+
+def quota_report(manifest, config: BuildConfig) -> dict[str, Any]:
+    """Accepted samples overall and per finding against the quotas."""
+    accepted = manifest[manifest["accepted"]]
+    per_finding = {label: int(accepted["findings"].map(lambda fs: any(f["label"] == label for f in fs)).sum()) for label in PATHOLOGIES}
+    wanted = {"accepted": config.quotas.accepted} if config.quotas.accepted is not None else {}
+    wanted.update({f"finding:{k}": v for k, v in config.quotas.per_finding.items()})
+    produced = {"accepted": len(accepted), **{f"finding:{k}": v for k, v in per_finding.items()}}
+    missed = [f"{k}: {produced.get(k, 0)} of {v}" for k, v in wanted.items() if produced.get(k, 0) < v]
+    return {"wanted": wanted, "produced": produced, "met": not missed, "missed": missed}
+
+
+def _acceptance(manifest) -> dict[str, Any]:
+    verdicts = {}
+    for scores in manifest["scores"]:
+        for key, value in dict(scores).items():
+            if key.startswith("accept."):
+                verdicts.setdefault(key.removeprefix("accept."), []).append(value)
+    return {
+        "n": len(manifest),
+        "accepted": int(manifest["accepted"].sum()),
+        "rate": float(manifest["accepted"].mean()) if len(manifest) else None,
+        "per_expert": {name: float(np.mean(v)) for name, v in verdicts.items()},
+        "tries": manifest["attempt_seeds"].map(len).value_counts().sort_index().to_dict(),
+    }
+
+
+def _write_quality(staged, gates, manifest, accepted, reports, quotas, config) -> str:
+    """GE results, a readable gate page, the build report: all inside the version before it is published.
+    Finding frequencies count *accepted* samples (`accepted`: `tasks.quality.accepted_frequencies`)."""
+    shard_gates = [g for r in reports for g in r.gates]
+    staged.write_file("quality/gates.json", json.dumps([g.to_json() for g in gates], indent=1, default=str))
+    staged.write_file("quality/gates.html", render_quality_html(gates, f"{config.dataset}: data-quality gates"))
+    frequencies = [{"label": r["label"], "target": r["target"], "produced": r["accepted_share"], "accepted": r["accepted"],
+                    "prompted": r["prompted"], "coverage": r["coverage"]} for r in accepted.to_dict(orient="records")]
+    acceptance = _acceptance(manifest)
+    staged.write_file("quality/build.json", json.dumps({"frequencies": frequencies, "acceptance": acceptance, "quotas": quotas,
+                                                       "shards": [r.__dict__ for r in reports]}, indent=1, default=str))
+    arrays = staged.arrays()
+    show = np.flatnonzero(manifest["accepted"].to_numpy())[:16]
+    if show.size == 0:
+        show = np.arange(min(16, len(manifest)))
+    from aurad_models.pixels import stored_to_unit
+
+    html = render_version_report(
+        title=f"{config.dataset} (build {staged.build_id})",
+        images=stored_to_unit(np.asarray(arrays["images"].get_orthogonal_selection((show,)))),
+        pathology=np.asarray(arrays["masks"].get_orthogonal_selection((show,))),
+        anatomy=np.asarray(arrays["anatomy"].get_orthogonal_selection((show,))),
+        captions=manifest["prompt"].iloc[show].tolist(),
+        summary={"samples": len(manifest), "accepted": acceptance["accepted"], "acceptance rate": acceptance["rate"],
+                 "quotas met": quotas["met"]},
+        frequencies=frequencies,
+        acceptance=acceptance,
+        gates=[{"gate": g.gate, "success": g.success, "failures": g.failures} for g in gates] + shard_gates,
+    )
+    staged.write_file("quality/report.html", html)
+    return "quality/report.html"
+
+
+def _lineage(config, models, source, bank, build_id, targets, reports, quotas, started) -> dict[str, Any]:
+    from aurad_models.registry import resolve_model as _resolve
+
+    return {
+        "kind": "synthetic",
+        "config": config.model_dump(mode="json"),
+        "config_hash": config_hash(config),
+        "models": {
+            "mask_generator": {"id": models.mask_model_id, "sha256": _resolve(models.registry_root, MASK_GENERATOR_KIND, models.mask_model_id, verify=False).sha256},
+            "image_generator": {"id": models.image_model_id, "sha256": _resolve(models.registry_root, IMAGE_GENERATOR_KIND, models.image_model_id, verify=False).sha256},
+            "classifier": models.classifier.model_dump(mode="json"),
+            "segmenter": models.segmenter.model_dump(mode="json"),
+            "fidelity": models.fidelity.model_dump(mode="json"),
+        },
+        "inputs": {"source": f"{source.name}/{source.version}", "anatomy_bank": f"{bank.name}/{bank.version}"},
+        "code_version": code_version(),
+        "finding_targets": targets,
+        "quotas": quotas,
+        "stages": {"shards": [{"shard": r.shard, "accepted": r.accepted, "seconds": r.seconds} for r in reports]},
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def code_version() -> dict[str, str | None]:
+    import subprocess
+    from importlib.metadata import version
+    from pathlib import Path
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"package": version("aurad"), "git_commit": commit}
+
+
+def _existing_result(root: str, dataset: str, version: str, build_id: str) -> BuildResult:
+    ds = open_dataset(root, dataset, version)
+    manifest = ds.to_pandas()
+    return BuildResult(
+        dataset=dataset,
+        version=version,
+        build_id=build_id,
+        n_samples=len(manifest),
+        accepted=int(manifest["accepted"].sum()),
+        generated_shards=[],
+        reused_shards=[],
+        quotas=ds.lineage.get("quotas", {}),
+        report=f"{ds.path}/quality/report.html",
+        already_published=True,
+    )
