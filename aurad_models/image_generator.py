@@ -52,6 +52,7 @@ from aurad_models.diffusion import (
     training_scheduler,
     training_target,
 )
+from aurad_models.generators import register_generator
 from aurad_models.mask_generator import _check_unet_shape, build_unet, check_seeds
 from aurad_models.pixels import model_to_unit, unit_to_model
 from aurad_models.seeding import torch_generator
@@ -160,6 +161,7 @@ def _availability(given, n: int, channels: int, name: str, present: bool) -> np.
     return flags.copy()
 
 
+@register_generator("image")
 class ImageGenerator(nn.Module):
     """UNet + availability embedding + noise schedule; `training_loss` to train, `sample` to render."""
 
@@ -315,6 +317,7 @@ class ImageGenerator(nn.Module):
         return model.to(device).eval()
 
 
+@register_generator("image")
 class ControlNetImageGenerator(ImageGenerator):
     """Extension point: a ControlNet over a frozen pretrained base UNet (`UNet2DConditionModel`, 1 channel
     in and out, pixel space) loaded from a local directory; only the ControlNet trains.

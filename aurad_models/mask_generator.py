@@ -56,6 +56,7 @@ from aurad_models.diffusion import (
     unet_blocks,
 )
 from aurad_models.findings import Finding
+from aurad_models.generators import register_generator
 from aurad_models.prompt_encoder import EncodedPrompt, Prompt, PromptEncoder, prior_maps
 from aurad_models.seeding import torch_generator
 from aurad_models.serialization import read_index, require_file, write_index
@@ -224,6 +225,7 @@ class ConditionShortcut(ModelMixin, ConfigMixin):
         return self.conv(prior_maps)
 
 
+@register_generator("mask")
 class MaskGenerator(nn.Module):
     """UNet + prompt encoder + noise schedule; `training_loss` to train, `sample` to generate."""
 

@@ -48,8 +48,20 @@ class ModelRecord(BaseModel):
     lineage: dict[str, Any] = {}
 
 
+def local_root(root: str | Path, what: str = "the model registry") -> Path:
+    """A storage root as a local path, or a clear error: the registry and training runs need a filesystem
+    (datasets may live behind any fsspec URL; models are opened with plain file APIs)."""
+    text = str(root)
+    if "://" in text and not text.startswith("file://"):
+        raise RegistryError(
+            f"{what} needs a local or mounted folder, but storage.root is {text!r}: mount the bucket (e.g. with s3fs or "
+            "gcsfuse) and set storage.root to the mount point"
+        )
+    return Path(text.removeprefix("file://"))
+
+
 def models_root(root: str | Path) -> Path:
-    return Path(root) / "models"
+    return local_root(root) / "models"
 
 
 def _check_kind(kind: str) -> str:

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from aurad_models import embedded
 from aurad_models.hashing import config_hash
-from aurad_models.registry import RegistryError, resolve_model
+from aurad_models.registry import RegistryError, local_root, resolve_model
 from flows.anatomy import anatomy_bank_flow
 from flows.build import build_flow
 from tasks.build import IMAGE_GENERATOR_KIND, MASK_GENERATOR_KIND, BuildResult
@@ -51,7 +51,7 @@ class PipelineResult(BaseModel):
 
 
 def _ledger_path(root: str, step: str, fingerprint: str) -> Path:
-    return Path(root) / "runs" / f"{step}-{fingerprint[:16]}.json"
+    return local_root(root, "the pipeline's run ledger") / "runs" / f"{step}-{fingerprint[:16]}.json"
 
 
 # Settings that say where or how fast a step runs, not what it makes: left out of its fingerprint.

@@ -25,6 +25,7 @@ from prefect import task
 
 from aurad_models.experts import load_anatomy_expert, load_lesion_expert, load_pathology_expert
 from aurad_models.findings import render_prompt
+from aurad_models.generators import load_generator
 from aurad_models.image_generator import ImageGenerator
 from aurad_models.mask_generator import MaskGenerator
 from aurad_models.pixels import to_stored
@@ -57,8 +58,8 @@ def load_models(models: BuildModels, filter_enabled: tuple[str, ...]) -> LoadedM
         fidelity=load_lesion_expert(models.fidelity, models.registry_root) if "fidelity" in filter_enabled else None,
     )
     return LoadedModels(
-        mask_generator=MaskGenerator.from_pretrained(models.mask_model_dir, device=device),
-        image_generator=ImageGenerator.from_pretrained(models.image_model_dir, device=device),
+        mask_generator=load_generator(models.mask_model_dir, "mask", device=device),
+        image_generator=load_generator(models.image_model_dir, "image", device=device),
         experts=experts,
     )
 
@@ -221,8 +222,8 @@ def regenerate_sample(version: Any, index: int, device: str = "cpu") -> tuple[np
     row = version.manifest.slice(index, 1).to_pylist()[0]
     prompt = tuple(_Finding(**f) for f in row["findings"])
     loaded = LoadedModels(
-        mask_generator=MaskGenerator.from_pretrained(mask.path, device=device),
-        image_generator=ImageGenerator.from_pretrained(image.path, device=device),
+        mask_generator=load_generator(mask.path, "mask", device=device),
+        image_generator=load_generator(image.path, "image", device=device),
         experts=FilterExperts(None, None),
     )
     anatomy = np.asarray(version.anatomy[index : index + 1])

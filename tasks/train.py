@@ -40,7 +40,7 @@ from aurad_models.diffusion import autocast
 from aurad_models.findings import Finding
 from aurad_models.image_generator import ImageGenerator, ImageGeneratorConfig, ImageSamplingConfig
 from aurad_models.mask_generator import MaskGenerator, MaskGeneratorConfig, MaskSamplingConfig
-from aurad_models.registry import register_model
+from aurad_models.registry import local_root, register_model
 from aurad_models.seeding import derive_seed
 from aurad_models.serialization import load_tensors, read_json, save_tensors, write_json
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
@@ -500,7 +500,7 @@ def run_directory(root: str | Path, kind: GeneratorKind, dataset: str, version: 
            **({"labelled_subset": labelled_subset.model_dump()} if labelled_subset is not None else {}),
            "training": training.model_dump(mode="json", exclude={"time_limit_minutes", "num_threads", "device"})}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return Path(root) / "training" / kind / f"{dataset}-{version}-{digest[:12]}"
+    return local_root(root, "training runs") / "training" / kind / f"{dataset}-{version}-{digest[:12]}"
 
 
 def train_from_dataset(kind: GeneratorKind, root: str | Path, dataset: str, version: str,

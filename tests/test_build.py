@@ -199,6 +199,37 @@ def test_a_class_the_filter_lets_collapse_fails_the_build(root):
     assert nodule["accepted"] == 0 and nodule["prompted"] > 0 and nodule["produced"] == 0.0  # counts accepted samples
 
 
+def test_the_build_samples_from_any_registered_generator_class_controlnet_included(root, tmp_path):
+    """The image model is loaded by the class its model_index.json names: a ControlNet over a (tiny, local)
+    base UNet registers as an image generator and builds like the plain one."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from aurad_models.image_generator import ControlNetImageGenerator, ImageGeneratorConfig
+    from aurad_models.registry import register_model
+    from flows.build import build_flow
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        base = UNet2DConditionModel(sample_size=64, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                                    norm_num_groups=4, cross_attention_dim=8, attention_head_dim=2,
+                                    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+        base.save_pretrained(tmp_path / "base")
+        controlnet = ControlNetImageGenerator.from_base(tmp_path / "base", ImageGeneratorConfig(
+            image_size=64, block_out_channels=(8, 16), norm_num_groups=4))
+    controlnet.save_pretrained(tmp_path / "controlnet")
+    record = register_model(root, "image-generator", tmp_path / "controlnet", {}, {"model_config": "controlnet"})
+    result = build_flow(tiny_build_config(root, image_model=record.id, n_samples=8, shard_size=8))
+    manifest = open_dataset(root, result.dataset, result.version).to_pandas()
+    assert len(manifest) == 8 and set(manifest["image_model_id"]) == {record.id}
+    from aurad_models.generators import load_generator
+    from aurad_models.serialization import ModelFormatError
+
+    with pytest.raises(ModelFormatError, match=r"ControlNetImageGenerator \(image generator\); a mask generator is needed"):
+        load_generator(record.path, "mask")
+
+
 def test_unknown_model_id_is_a_clear_error(root):
     from aurad_models.registry import RegistryError
     from flows.build import build_flow

@@ -467,3 +467,13 @@ def test_unlabelled_images_train_the_image_generator_with_pathology_unknown(toy)
     scrambled[3:] = 1 - scrambled[3:]
     assert torch.equal(with_known, model.training_loss(x, a, scrambled, seed=3, pathology_known=known))
     assert not torch.equal(model.training_loss(x, a, p, seed=3), model.training_loss(x, a, scrambled, seed=3))
+
+
+def test_a_url_storage_root_is_refused_by_the_model_registry_naming_the_setting():
+    from aurad_models.registry import RegistryError, list_models, models_root
+
+    with pytest.raises(RegistryError, match=r"storage.root is 's3://bucket/aurad': mount the bucket"):
+        models_root("s3://bucket/aurad")
+    with pytest.raises(RegistryError, match="storage.root"):
+        list_models("gs://bucket/aurad")
+    assert str(models_root("file:///data/aurad")) == "/data/aurad/models"
