@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -153,7 +153,9 @@ class FidelityCheck(BaseModel):
 
 
 class FilterConfig(BaseModel):
-    """Which experts vote and their thresholds. A sample is accepted only if every enabled expert accepts."""
+    """Which experts vote and their thresholds. A sample is accepted only if every enabled expert accepts.
+    The built-in experts have a section each; an expert registered by another module (`filter_expert`) is
+    configured by its name under `experts`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,9 +164,29 @@ class FilterConfig(BaseModel):
     masks: MaskCheck = Field(default_factory=MaskCheck)
     image_stats: ImageStatsCheck = Field(default_factory=ImageStatsCheck)
     fidelity: FidelityCheck = Field(default_factory=FidelityCheck)
+    experts: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="registered plug-in experts: name -> its settings (see tasks.filtering.filter_expert)")
+
+    @field_validator("experts")
+    @classmethod
+    def _registered(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name, settings in value.items():
+            if name not in FILTER_EXPERTS or name in EXPERTS:
+                plug_ins = sorted(set(FILTER_EXPERTS) - set(EXPERTS))
+                raise ValueError(f"no registered plug-in expert {name!r} (registered: {', '.join(plug_ins) or 'none'}; the "
+                                 f"built-in ones, {', '.join(EXPERTS)}, have their own sections)")
+            out[name] = FILTER_EXPERTS[name].check.model_validate(settings).model_dump(mode="json")
+        return out
+
+    def checks(self) -> list[tuple[str, BaseModel]]:
+        """(name, settings) of every enabled expert, built-in ones first."""
+        built_in = [(name, getattr(self, name)) for name in EXPERTS]
+        plug_ins = [(name, FILTER_EXPERTS[name].check.model_validate(settings)) for name, settings in self.experts.items()]
+        return [(name, check) for name, check in built_in + plug_ins if check.enabled]
 
     def enabled(self) -> tuple[str, ...]:
-        return tuple(name for name in EXPERTS if getattr(self, name).enabled)
+        return tuple(name for name, _ in self.checks())
 
 
 class ImageStatsReference(BaseModel):
@@ -382,6 +404,107 @@ def vote_fidelity(
     return problems
 
 
+# --- the experts behind one protocol ----------------------------------------------------------------
+
+
+@dataclass
+class FilterBatch:
+    """What the experts judge, once per batch: images (N, H, W) in [0, 1], the conditioning anatomy
+    (N, 14, H, W), the generated masks (N, 7, H, W), each sample's prompted finding -> side, the loaded
+    model experts and the image-statistics reference."""
+
+    images: np.ndarray
+    anatomy: np.ndarray
+    pathology: np.ndarray
+    prompted: list[dict[str, str | None]]
+    models: FilterExperts
+    reference: ImageStatsReference | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+Vote = tuple[dict[str, float], list[str]]  # one sample: its scores, and its problems (none: accepted)
+
+
+@dataclass(frozen=True)
+class RegisteredExpert:
+    check: type[BaseModel]  # its settings (a pydantic model with an `enabled` field)
+    vote: Callable[[FilterBatch, Any], list[Vote]]  # runs once per batch: one Vote per sample
+
+
+FILTER_EXPERTS: dict[str, RegisteredExpert] = {}
+
+
+def filter_expert(name: str, check: type[BaseModel]) -> Callable[[Callable[[FilterBatch, Any], list[Vote]]], Callable]:
+    """Register a filter expert: a function (batch, settings) -> one (scores, problems) per sample. Its
+    settings class needs an `enabled` field; configure it as `build.filter.experts.<name>`."""
+    if "enabled" not in check.model_fields:
+        raise TypeError(f"{check.__name__} needs an `enabled` field to be a filter expert's settings")
+
+    def add(vote: Callable[[FilterBatch, Any], list[Vote]]) -> Callable[[FilterBatch, Any], list[Vote]]:
+        FILTER_EXPERTS[name] = RegisteredExpert(check, vote)
+        return vote
+
+    return add
+
+
+def _require(value: Any, what: str, expert: str) -> Any:
+    if value is None:
+        raise ValueError(f"the {expert} expert is enabled but no {what} was given")
+    return value
+
+
+@filter_expert("classifier", ClassifierCheck)
+def classifier_votes(batch: FilterBatch, check: ClassifierCheck) -> list[Vote]:
+    model = _require(batch.models.classifier, "pathology classifier", "classifier")
+    probs = model.predict(batch.images)
+    voting = check.voting(getattr(model, "validation_auroc", None))
+    if voting != frozenset(PATHOLOGIES):
+        silent = [label for label in PATHOLOGIES if label not in voting]
+        logger.info("classifier: %s scored but not voting (validation AUROC < %s)", ", ".join(silent), check.min_auroc)
+    return [_scored(lambda scores: vote_classifier(probs[i], batch.prompted[i], check, scores, voting)) for i in range(len(batch))]
+
+
+@filter_expert("anatomy", AnatomyCheck)
+def anatomy_votes(batch: FilterBatch, check: AnatomyCheck) -> list[Vote]:
+    segmented = _require(batch.models.anatomy, "anatomy segmenter", "anatomy").segment(batch.images)
+    return [_scored(lambda scores: vote_anatomy(segmented[i], batch.anatomy[i], check, scores)) for i in range(len(batch))]
+
+
+@filter_expert("masks", MaskCheck)
+def mask_votes(batch: FilterBatch, check: MaskCheck) -> list[Vote]:
+    return [_scored(lambda scores: vote_masks(batch.pathology[i], batch.anatomy[i], batch.prompted[i], check, scores))
+            for i in range(len(batch))]
+
+
+@filter_expert("image_stats", ImageStatsCheck)
+def image_stats_votes(batch: FilterBatch, check: ImageStatsCheck) -> list[Vote]:
+    reference = _require(batch.reference, "ImageStatsReference", "image-statistics")
+    means, stds = image_statistics(batch.images)
+    return [_scored(lambda scores: vote_image_stats(float(means[i]), float(stds[i]), reference, check, scores))
+            for i in range(len(batch))]
+
+
+@filter_expert("fidelity", FidelityCheck)
+def fidelity_votes(batch: FilterBatch, check: FidelityCheck) -> list[Vote]:
+    expert = _require(batch.models.fidelity, "lesion segmenter", "fidelity")
+    lesions = expert.segment(batch.images)
+    calibration = expert.fidelity
+    voting = check.voting(calibration)
+    h, w = batch.images.shape[1:]
+    scale = expert.model.image_size**2 / (h * w)
+    return [_scored(lambda scores: vote_fidelity(lesions[i], batch.pathology[i], batch.prompted[i], check, calibration, voting,
+                                                 scores, scale)) for i in range(len(batch))]
+
+
+def _scored(vote: Callable[[dict[str, float]], list[str]]) -> Vote:
+    """Run one sample's vote, collecting the scores it records."""
+    scores: dict[str, float] = {}
+    problems = vote(scores)
+    return scores, problems
+
+
 def filter_batch(
     images01: np.ndarray,
     anatomy: np.ndarray,
@@ -394,9 +517,10 @@ def filter_batch(
     """Score a batch with every enabled expert and decide each sample.
 
     images01 (N, H, W) in [0, 1]; anatomy (N, 14, H, W) the conditioning anatomy; pathology (N, 7, H, W) the
-    generated masks; findings: the prompted findings of each sample. Model experts run once per batch.
+    generated masks; findings: the prompted findings of each sample. Each expert runs once per batch; an
+    enabled expert without what it needs is a configuration error, not a pass.
     """
-    # 1. Check inputs: an enabled expert without what it needs is a configuration error, not a pass.
+    # 1. Check inputs.
     images = check_images01(images01)
     n, h, w = images.shape
     if anatomy.shape != (n, len(ANATOMY_STRUCTURES), h, w):
@@ -405,49 +529,20 @@ def filter_batch(
         raise ValueError(f"pathology masks must be {(n, len(PATHOLOGIES), h, w)}, got {pathology.shape}")
     if len(findings) != n:
         raise ValueError(f"{n} images but findings for {len(findings)} samples")
-    if config.classifier.enabled and experts.classifier is None:
-        raise ValueError("the classifier expert is enabled but no pathology classifier was given")
-    if config.anatomy.enabled and experts.anatomy is None:
-        raise ValueError("the anatomy expert is enabled but no anatomy segmenter was given")
-    if config.image_stats.enabled and reference is None:
-        raise ValueError("the image-statistics expert is enabled but no ImageStatsReference was given")
-    if config.fidelity.enabled and experts.fidelity is None:
-        raise ValueError("the fidelity expert is enabled but no lesion segmenter was given")
+    batch = FilterBatch(images, anatomy, pathology, [prompted_sides(f) for f in findings], experts, reference)
 
-    # 2. Run the model experts once over the whole batch.
-    probs = experts.classifier.predict(images) if config.classifier.enabled else None
-    voting = frozenset(PATHOLOGIES)
-    if config.classifier.enabled:
-        voting = config.classifier.voting(getattr(experts.classifier, "validation_auroc", None))
-        if voting != frozenset(PATHOLOGIES):
-            silent = [label for label in PATHOLOGIES if label not in voting]
-            logger.info("classifier: %s scored but not voting (validation AUROC < %s)", ", ".join(silent), config.classifier.min_auroc)
-    segmented = experts.anatomy.segment(images) if config.anatomy.enabled else None
-    lesions = experts.fidelity.segment(images) if config.fidelity.enabled else None
-    calibration = experts.fidelity.fidelity if config.fidelity.enabled else {}
-    fidelity_voting = config.fidelity.voting(calibration)
-    pixel_scale = (experts.fidelity.model.image_size ** 2) / (h * w) if config.fidelity.enabled else 1.0
+    # 2. Every enabled expert over the whole batch.
+    votes = {name: FILTER_EXPERTS[name].vote(batch, check) for name, check in config.checks()}
+
+    # 3. Decide per sample; every score is kept.
     means, stds = image_statistics(images)
-
-    # 3. Vote per sample.
     results = []
     for i in range(n):
-        prompted = prompted_sides(findings[i])
-        scores: dict[str, float] = {}
+        scores = {"image_mean": float(means[i]), "image_std": float(stds[i])}
         reasons: dict[str, list[str]] = {}
-        if config.classifier.enabled:
-            reasons["classifier"] = vote_classifier(probs[i], prompted, config.classifier, scores, voting)
-        if config.anatomy.enabled:
-            reasons["anatomy"] = vote_anatomy(segmented[i], anatomy[i], config.anatomy, scores)
-        if config.masks.enabled:
-            reasons["masks"] = vote_masks(pathology[i], anatomy[i], prompted, config.masks, scores)
-        if config.image_stats.enabled:
-            reasons["image_stats"] = vote_image_stats(float(means[i]), float(stds[i]), reference, config.image_stats, scores)
-        else:
-            scores["image_mean"], scores["image_std"] = float(means[i]), float(stds[i])
-        if config.fidelity.enabled:
-            reasons["fidelity"] = vote_fidelity(lesions[i], pathology[i], prompted, config.fidelity, calibration,
-                                                fidelity_voting, scores, pixel_scale)
+        for name, per_sample in votes.items():
+            sample_scores, reasons[name] = per_sample[i]
+            scores.update(sample_scores)
         verdicts = {name: not problems for name, problems in reasons.items()}
         rejecting = {name: problems for name, problems in reasons.items() if problems}
         reason = "; ".join(f"{name}: {', '.join(problems)}" for name, problems in rejecting.items()) or None

@@ -287,3 +287,35 @@ def test_demo_experts_accept_real_phantoms_and_reject_mismatched_prompts(tmp_pat
     own_rate = own_report["per_expert"]["classifier"]["pass_rate"]
     mismatched_rate = mismatched_report["per_expert"]["classifier"]["pass_rate"]
     assert own_rate >= 0.7 and mismatched_rate <= 0.5 and own_rate - mismatched_rate >= 0.3, (own_report, mismatched_report)
+
+
+def test_a_new_expert_is_one_registered_function_and_its_settings(phantoms, reference):
+    """Adding an expert touches one module (the function and its settings) and the profile (its name under
+    build.filter.experts): nothing in the filter, the build or the manifest changes."""
+    from pydantic import BaseModel, ValidationError
+
+    from tasks.filtering import FILTER_EXPERTS, filter_expert
+
+    class DarkFrameCheck(BaseModel):
+        enabled: bool = True
+        min_mean: float = 0.1
+
+    @filter_expert("dark_frame", DarkFrameCheck)
+    def dark_frame(batch, check):
+        means = batch.images.reshape(len(batch), -1).mean(axis=1)
+        return [({"dark_frame.mean": float(m)}, [] if m >= check.min_mean else [f"mean {m:.2f} < {check.min_mean}"]) for m in means]
+
+    try:
+        images = phantoms.images.copy()
+        images[5] = 0.02
+        config = MODEL_FREE.model_copy(update={"experts": FilterConfig(experts={"dark_frame": {"min_mean": 0.05}}).experts})
+        results = _filter(phantoms, reference, images=images, config=config)
+        assert config.enabled() == ("masks", "image_stats", "dark_frame")
+        assert not results[5].accepted and "dark_frame: mean 0.02 < 0.05" in results[5].reject_reason
+        assert results[0].verdicts["dark_frame"] and "dark_frame.mean" in results[0].scores
+        with pytest.raises(ValidationError, match="no registered plug-in expert 'dark_fram'"):
+            FilterConfig(experts={"dark_fram": {}})
+        with pytest.raises(ValidationError, match="min_mean"):
+            FilterConfig(experts={"dark_frame": {"min_mean": "bright"}})
+    finally:
+        FILTER_EXPERTS.pop("dark_frame")
