@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aurad_models.vocabulary import ANATOMY_STRUCTURES, LUNG_FINDINGS, ZONES, anatomy_index
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGY, ZONES, anatomy_index
 
 _LEFT_LUNG = anatomy_index("Left Lung")
 _RIGHT_LUNG = anatomy_index("Right Lung")
@@ -61,25 +61,26 @@ def zone_mask(anatomy: np.ndarray, side: str | None, zone: str) -> np.ndarray:
     return out
 
 
-def allowed_region(label: str, anatomy: np.ndarray, side: str | None = None) -> np.ndarray:
-    """Pixels where a mask of `label` may lie.
+REGION_NAMES = {"lung": "lung field", "lower lung": "lower lung field", "heart": "heart"}
 
-    Lung lesions and pneumothorax: the lung field. Effusion: the lower half of the lung field, where
-    fluid collects on an upright film. Cardiomegaly: the heart.
-    """
+
+def allowed_region(label: str, anatomy: np.ndarray, side: str | None = None) -> np.ndarray:
+    """Pixels where a mask of `label` may lie, by the region of its `vocabulary.Pathology` record: the lung
+    field (of `side`), its lower half (where fluid collects on an upright film), or the heart."""
     anatomy = _check_anatomy(anatomy)
-    if label in LUNG_FINDINGS:
+    if label not in PATHOLOGY:
+        raise KeyError(f"no anatomy rule for finding {label!r}; known: {', '.join(PATHOLOGY)}")
+    region = PATHOLOGY[label].region
+    if region == "lung":
         return lung_mask(anatomy, side)
-    if label == "effusion":
+    if region == "lower lung":
         sides = ("left", "right") if side in (None, "bilateral") else (side,)
         out = np.zeros(anatomy.shape[1:], dtype=bool)
         for s in sides:
             lung = lung_mask(anatomy, s)
             out |= lung & (_row_fraction(lung) >= 0.5)[:, None]
         return out
-    if label == "cardiomegaly":
-        return anatomy[_HEART]
-    raise KeyError(f"no anatomy rule for finding {label!r}")
+    return anatomy[_HEART]
 
 
 def inside_fraction(mask: np.ndarray, region: np.ndarray) -> float:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from aurad_models.vocabulary import (
     LATERAL_FINDINGS,
     PATHOLOGIES,
+    PATHOLOGY_RECORDS,
     ZONED_FINDINGS,
     Side,
     Size,
@@ -57,35 +58,8 @@ class Finding(BaseModel):
 
 # --- the grammar's words -------------------------------------------------------------------------
 
-# Multi-word terms first: matching is longest-first on word sequences.
-_FINDING_TERMS: dict[str, str] = {
-    "pleural effusions": "effusion",
-    "pleural effusion": "effusion",
-    "pleural fluid": "effusion",
-    "effusions": "effusion",
-    "effusion": "effusion",
-    "hydrothorax": "effusion",
-    "nodular opacity": "nodule",
-    "nodules": "nodule",
-    "nodule": "nodule",
-    "lung masses": "mass",
-    "lung mass": "mass",
-    "masses": "mass",
-    "mass": "mass",
-    "airspace opacities": "consolidation",
-    "airspace opacity": "consolidation",
-    "airspace disease": "consolidation",
-    "consolidations": "consolidation",
-    "consolidation": "consolidation",
-    "pneumothoraces": "pneumothorax",
-    "pneumothorax": "pneumothorax",
-    "enlarged cardiac silhouette": "cardiomegaly",
-    "cardiac enlargement": "cardiomegaly",
-    "enlarged heart": "cardiomegaly",
-    "cardiomegaly": "cardiomegaly",
-    "volume loss": "atelectasis",
-    "atelectasis": "atelectasis",
-}
+# Every pathology's synonyms (its record in `vocabulary`); matching is longest-first on word sequences.
+_FINDING_TERMS: dict[str, str] = {term: p.label for p in PATHOLOGY_RECORDS for term in p.synonyms}
 _SIDE_WORDS = {"left": "left", "right": "right", "bilateral": "bilateral", "both": "bilateral"}
 _ZONE_WORDS = {
     "upper": "upper", "apical": "upper", "apex": "upper", "apices": "upper",

@@ -39,13 +39,11 @@ from aurad_models import anatomy_rules
 from aurad_models.findings import Finding
 from aurad_models.vocabulary import (
     LATERAL_FINDINGS,
-    LUNG_FINDINGS,
     PATHOLOGIES,
     SIDES,
     SIZES,
     ZONED_FINDINGS,
     ZONES,
-    anatomy_index,
     pathology_index,
 )
 
@@ -95,14 +93,9 @@ def prompt_token_ids(prompt: Prompt | None) -> list[int]:
 
 def finding_region(finding: Finding, anatomy: np.ndarray) -> np.ndarray:
     """Where a finding is requested (bool H x W): its allowed region narrowed by side and zone."""
-    label, side = finding.label, finding.side
-    if label in ZONED_FINDINGS and finding.zone is not None:
-        return anatomy_rules.zone_mask(anatomy, side, finding.zone)
-    if label in LUNG_FINDINGS or label == "effusion":
-        return anatomy_rules.allowed_region(label, anatomy, side)
-    if label == "cardiomegaly":
-        return anatomy[anatomy_index("Heart")].astype(bool)
-    raise KeyError(f"no spatial prior for finding {label!r}")
+    if finding.label in ZONED_FINDINGS and finding.zone is not None:
+        return anatomy_rules.zone_mask(anatomy, finding.side, finding.zone)
+    return anatomy_rules.allowed_region(finding.label, anatomy, finding.side)
 
 
 def prior_maps(prompt: Prompt | None, anatomy: np.ndarray) -> np.ndarray:

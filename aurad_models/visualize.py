@@ -16,18 +16,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import binary_erosion
 
-from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, PATHOLOGY_RECORDS
 
-# One fixed colour per PATHOLOGIES entry (RGB), chosen to stay apart on a gray background.
-PATHOLOGY_COLOURS: dict[str, tuple[int, int, int]] = {
-    "nodule": (255, 215, 0),
-    "mass": (255, 100, 0),
-    "consolidation": (0, 200, 255),
-    "effusion": (40, 110, 255),
-    "pneumothorax": (255, 40, 200),
-    "cardiomegaly": (230, 30, 30),
-    "atelectasis": (60, 220, 60),
-}
+# One fixed colour per pathology (its record in `vocabulary`), chosen to stay apart on a gray background.
+PATHOLOGY_COLOURS: dict[str, tuple[int, int, int]] = {p.label: p.colour for p in PATHOLOGY_RECORDS}
 _EXTRA_COLOURS = [(180, 120, 255), (255, 160, 160), (120, 255, 200), (200, 200, 80)]
 ALPHA = 0.45
 _PAD = 4

@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from aurad_models.anatomy_rules import allowed_region, inside_fraction
+from aurad_models.anatomy_rules import REGION_NAMES, allowed_region, inside_fraction
 from aurad_models.experts.base import AnatomyExpert, PathologyExpert, check_images01
 from aurad_models.experts.metrics import dice
 from aurad_models.experts.trained import TrainedLesionExpert
 from aurad_models.findings import Finding
 from aurad_models.pixels import stored_to_unit
-from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
+from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, PATHOLOGY
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def vote_masks(
             if share < check.inside_threshold:
                 where = f"{prompted[label]} " if prompted[label] else ""
                 problems.append(
-                    f"{label} mask {share:.0%} inside its allowed region ({where}{_REGION_NAMES.get(label, 'lung field')})"
+                    f"{label} mask {share:.0%} inside its allowed region ({where}{REGION_NAMES[PATHOLOGY[label].region]})"
                     f" < {check.inside_threshold:.0%}"
                 )
             if prompted[label] == "bilateral":
@@ -357,9 +357,6 @@ def vote_masks(
         elif pixels > check.absent_max_pixels:
             problems.append(f"{label} not prompted but its mask has {pixels} px")
     return problems
-
-
-_REGION_NAMES = {"effusion": "lower lung field", "cardiomegaly": "heart"}
 
 
 def vote_image_stats(

@@ -74,6 +74,7 @@ class _Scene:
     anatomy: Anatomy
     stack: np.ndarray  # (14, S, S) anatomy masks for anatomy_rules
     rng: np.random.Generator
+    air_bronchogram_probability: float = 0.5
 
 
 def draw_findings(
@@ -85,21 +86,15 @@ def draw_findings(
     rng: np.random.Generator,
     air_bronchogram_probability: float,
 ) -> tuple[np.ndarray, LesionFields]:
-    """Masks (7, S, S) and the tissue changes of all findings."""
+    """Masks (C, S, S) and the tissue changes of all findings, each drawn by its entry in `DRAWERS`."""
     size = grid.size
     masks = np.zeros((len(PATHOLOGIES), size, size), dtype=bool)
     fields = LesionFields.empty(size)
-    scene = _Scene(p, grid, sil, anatomy, anatomy.masks, rng)
+    scene = _Scene(p, grid, sil, anatomy, anatomy.masks, rng, air_bronchogram_probability)
     for f in findings:
-        channel = pathology_index(f.label)
-        if f.label == "cardiomegaly":
-            masks[channel] |= anatomy.mask("Heart")
-        elif f.label == "effusion":
-            masks[channel] |= _effusion(scene, f, fields)
-        elif f.label == "pneumothorax":
-            masks[channel] |= _pneumothorax(scene, f, fields)
-        else:
-            masks[channel] |= _zoned_lesion(scene, f, fields, air_bronchogram_probability)
+        if f.label not in DRAWERS:
+            raise KeyError(f"the phantom cannot draw {f.label!r}: add its drawing to aurad_models.phantom.pathology.DRAWERS")
+        masks[pathology_index(f.label)] |= DRAWERS[f.label](scene, f, fields)
     return masks, fields
 
 
@@ -160,7 +155,7 @@ def _check(scene: _Scene, mask: np.ndarray, finding: Finding) -> bool:
 # --- nodule, mass, consolidation, atelectasis ------------------------------------------------------
 
 
-def _zoned_lesion(scene: _Scene, f: Finding, fields: LesionFields, bronchogram_probability: float) -> np.ndarray:
+def _zoned_lesion(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
     """Draw a lesion, checking it on the pixel masks; a few new placements if it misses its zone.
 
     On a bilateral lesion neither side may hold more than 2.5 times the other (a lung squeezed by a big
@@ -171,7 +166,7 @@ def _zoned_lesion(scene: _Scene, f: Finding, fields: LesionFields, bronchogram_p
     draw = drawers[f.label]
     best = None
     for attempt in range(PLACEMENT_ATTEMPTS):
-        params = _lesion_params(scene, f, bronchogram_probability)
+        params = _lesion_params(scene, f, scene.air_bronchogram_probability)
         if params.get("kind") == "wedge" and attempt >= PLACEMENT_ATTEMPTS // 2:
             params["kind"] = "band"
         drawn = []
@@ -472,3 +467,21 @@ def _pneumothorax(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray
         line = np.exp(-(((dist - depth) / width) ** 2)) * (dist >= depth) * lung
         fields.extra_tissue[box] += 0.45 * line
     return mask
+
+
+def _enlarged_heart(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
+    """Cardiomegaly is the heart itself, already widened by `adjust_patient`: its mask is the heart's."""
+    return scene.anatomy.mask("Heart")
+
+
+# How the phantom draws each pathology: (scene, finding, tissue fields) -> its mask. A new pathology class
+# needs its record in `aurad_models.vocabulary.PATHOLOGY_RECORDS` and its drawing here.
+DRAWERS = {
+    "nodule": _zoned_lesion,
+    "mass": _zoned_lesion,
+    "consolidation": _zoned_lesion,
+    "effusion": _effusion,
+    "pneumothorax": _pneumothorax,
+    "cardiomegaly": _enlarged_heart,
+    "atelectasis": _zoned_lesion,
+}
