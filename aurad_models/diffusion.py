@@ -14,6 +14,7 @@ from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.utils.torch_utils import randn_tensor
@@ -25,6 +26,24 @@ BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
 SchedulerName = Literal["ddim", "dpm-solver++"]
 MixedPrecision = Literal["no", "bf16", "fp16"]
 CompileMode = Literal["no", "default", "reduce-overhead", "max-autotune"]
+
+
+class SamplingSettings(BaseModel):
+    """What every sampler shares: the sampler and its steps, per-step noise, batch size, and the speed
+    settings (precision, memory format, compilation; bench/sampling.py measures them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheduler: SchedulerName = "ddim"
+    num_inference_steps: int = Field(20, ge=1)
+    eta: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(16, ge=1)
+    mixed_precision: MixedPrecision = Field("bf16", description="autocast dtype on CUDA; CPU always runs float32")
+    channels_last: bool = Field(True, description="NHWC weights and inputs: tensor-core friendly on GPUs, and 1.15x "
+                                "faster on this project's CPU (bench/results/sampling.md)")
+    compile: CompileMode = Field("no", description="torch.compile the UNet ('reduce-overhead' adds CUDA graphs): 7-30 s per "
+                                 "input shape and no faster on this project's CPU (bench/results/sampling.md); for GPUs, "
+                                 "measure with bench/gpu.sh")
 
 
 def training_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str) -> DDPMScheduler:

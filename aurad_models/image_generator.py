@@ -36,11 +36,9 @@ from torch import nn
 
 from aurad_models.diffusion import (
     BetaSchedule,
-    CompileMode,
-    MixedPrecision,
     PredictionType,
-    SchedulerName,
     SamplingNetwork,
+    SamplingSettings,
     as_channel_tensor,
     autocast,
     denoise,
@@ -96,21 +94,10 @@ class ImageGeneratorConfig(BaseModel):
         return self
 
 
-class ImageSamplingConfig(BaseModel):
-    """How to sample images: sampler, steps, guidance (1 = none), per-step noise, batch size, and the speed
-    settings (precision, memory format, compilation; bench/sampling.py measures them)."""
+class ImageSamplingConfig(SamplingSettings):
+    """How to sample images: the shared sampler and speed settings, and classifier-free guidance (1 = none)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    scheduler: SchedulerName = "ddim"
-    num_inference_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(1.0, ge=0)
-    eta: float = Field(0.0, ge=0, le=1)
-    batch_size: int = Field(16, ge=1)
-    mixed_precision: MixedPrecision = Field("bf16", description="autocast dtype on CUDA; CPU always runs float32")
-    channels_last: bool = Field(True, description="NHWC weights and inputs: tensor-core friendly on GPUs, and 1.15x "
-                                "faster on this project's CPU (bench/results/sampling.md)")
-    compile: CompileMode = Field("no", description="torch.compile the UNet ('reduce-overhead' adds CUDA graphs): 7-30 s per input shape and no faster on this project's CPU (bench/results/sampling.md); for GPUs, measure with bench/gpu.sh")
 
 
 @dataclass

@@ -39,11 +39,9 @@ from torch import nn
 
 from aurad_models.diffusion import (
     BetaSchedule,
-    CompileMode,
-    MixedPrecision,
     PredictionType,
-    SchedulerName,
     SamplingNetwork,
+    SamplingSettings,
     as_channel_tensor,
     autocast,
     denoise,
@@ -104,10 +102,8 @@ class MaskGeneratorConfig(BaseModel):
         return self
 
 
-class MaskSamplingConfig(BaseModel):
-    """How to sample: the sampler and its steps, guidance, threshold, post-processing, batch size."""
-
-    model_config = ConfigDict(extra="forbid")
+class MaskSamplingConfig(SamplingSettings):
+    """How to sample masks: the shared sampler and speed settings, guidance, thresholds, post-processing."""
 
     @field_validator("class_thresholds")
     @classmethod
@@ -120,10 +116,7 @@ class MaskSamplingConfig(BaseModel):
             raise ValueError(f"class thresholds must lie in (0, 1), got {bad}")
         return value
 
-    scheduler: SchedulerName = "ddim"
-    num_inference_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(2.0, ge=0)
-    eta: float = Field(0.0, ge=0, le=1)
     threshold: float = Field(0.5, gt=0, lt=1, description="on the [0, 1] scale of the denoised masks")
     class_thresholds: dict[str, float] = Field(
         default_factory=dict, description="per-finding overrides of threshold (small findings such as nodules come "
@@ -131,11 +124,6 @@ class MaskSamplingConfig(BaseModel):
     restrict_to_prompt: bool = Field(True, description="post-processing: empty the classes the prompt does not ask for")
     restrict_to_region: bool = Field(True, description="post-processing: clip each class to the region its prompt "
                                      "requests (prompt_encoder.finding_region); bench/quality.py measures masks without both")
-    batch_size: int = Field(16, ge=1)
-    mixed_precision: MixedPrecision = Field("bf16", description="autocast dtype on CUDA; CPU always runs float32")
-    channels_last: bool = Field(True, description="NHWC weights and inputs: tensor-core friendly on GPUs, and 1.15x "
-                                "faster on this project's CPU (bench/results/sampling.md)")
-    compile: CompileMode = Field("no", description="torch.compile the UNet ('reduce-overhead' adds CUDA graphs): 7-30 s per input shape and no faster on this project's CPU (bench/results/sampling.md); for GPUs, measure with bench/gpu.sh")
 
 
 @dataclass

@@ -202,7 +202,8 @@ def run(profile: str, n_train: int, n_val: int, n_test: int, classifier_seconds:
         work_dir: Path) -> dict[str, Any]:
     from flows.config import load_config
 
-    params = load_config(profile).train
+    config = load_config(profile)
+    params, sampling = config.train, config.build
     size = params.mask_generator.image_size
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     timings: dict[str, float] = {}
@@ -235,7 +236,7 @@ def run(profile: str, n_train: int, n_val: int, n_test: int, classifier_seconds:
     prompts = sample_prompts(n_test, prior, PromptSamplerConfig(normal_fraction=0.0), seed=derive_seed(seed, "prompts"))
     seeds = [derive_seed(seed, "sample", i) for i in range(n_test)]
     began = time.monotonic()
-    mask_sampling = params.mask_sampling.model_copy(update={"restrict_to_prompt": False, "restrict_to_region": False})  # raw masks
+    mask_sampling = sampling.mask_sampling.model_copy(update={"restrict_to_prompt": False, "restrict_to_region": False})  # raw masks
     generated = mask_model.sample(test.anatomy, prompts, seeds, mask_sampling)
     timings["sample_masks"] = time.monotonic() - began
     # Post-processing (measured separately): empty unrequested classes, clip to the requested regions.
@@ -247,10 +248,10 @@ def run(profile: str, n_train: int, n_val: int, n_test: int, classifier_seconds:
 
     # 5. Images from generated masks, and from the real test masks for comparison.
     began = time.monotonic()
-    synthetic_raw = image_model.sample(test.anatomy, generated.masks, seeds, params.image_sampling).images
-    synthetic = image_model.sample(test.anatomy, restricted, seeds, params.image_sampling).images
+    synthetic_raw = image_model.sample(test.anatomy, generated.masks, seeds, sampling.image_sampling).images
+    synthetic = image_model.sample(test.anatomy, restricted, seeds, sampling.image_sampling).images
     timings["sample_images"] = time.monotonic() - began
-    from_real_masks = image_model.sample(test.anatomy, test.pathology, seeds, params.image_sampling).images
+    from_real_masks = image_model.sample(test.anatomy, test.pathology, seeds, sampling.image_sampling).images
 
     real_probs = predict(classifier, test.images)
     results = {
@@ -263,7 +264,7 @@ def run(profile: str, n_train: int, n_val: int, n_test: int, classifier_seconds:
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "training": {"mask_generator": {"steps": mask_run.steps, "final_loss": mask_run.final_loss, "val_loss": mask_run.val_loss},
                      "image_generator": {"steps": image_run.steps, "final_loss": image_run.final_loss, "val_loss": image_run.val_loss}},
-        "sampling": {"mask": mask_sampling.model_dump(), "image": params.image_sampling.model_dump()},
+        "sampling": {"mask": mask_sampling.model_dump(), "image": sampling.image_sampling.model_dump()},
         "masks": mask_metrics(generated.masks, prompts, test.anatomy),
         "masks_postprocessed": mask_metrics(restricted, prompts, test.anatomy),
         "masks_real_test_split": mask_metrics(test.pathology, test.findings, test.anatomy),

@@ -74,8 +74,8 @@ def step_settings(config: AuradConfig, step: str) -> dict[str, Any]:
     source = {"source": config.source.dataset, "source_build": source_build_id(config.source)}
     if step == "experts":
         dumped = config.experts.model_dump(mode="json", exclude={"version"})
-    else:  # the sampling settings are the build's business, not the training's
-        dumped = config.train.model_dump(mode="json", exclude={"version", "mask_sampling", "image_sampling"})
+    else:
+        dumped = config.train.model_dump(mode="json", exclude={"version"})
     return {**source, "params": _without_machine_settings(dumped)}
 
 

@@ -13,8 +13,8 @@ import logging
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from aurad_models.image_generator import ImageGeneratorConfig, ImageSamplingConfig
-from aurad_models.mask_generator import MaskGeneratorConfig, MaskSamplingConfig
+from aurad_models.image_generator import ImageGeneratorConfig
+from aurad_models.mask_generator import MaskGeneratorConfig
 from tasks.retrain import LabelledSubset
 from tasks.train import TrainingConfig, train_image_generator_task, train_mask_generator_task
 
@@ -35,8 +35,6 @@ class TrainFlowParameters(BaseModel):
     image_generator: ImageGeneratorConfig = Field(default_factory=ImageGeneratorConfig)
     mask_training: TrainingConfig = Field(default_factory=TrainingConfig)
     image_training: TrainingConfig = Field(default_factory=TrainingConfig)
-    mask_sampling: MaskSamplingConfig = Field(default_factory=MaskSamplingConfig, description="for the build stage and the benchmark")
-    image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig, description="for the build stage and the benchmark")
     train_masks: bool = True
     train_images: bool = True
     resume: bool = True

@@ -13,8 +13,10 @@ from aurad_models.experts import (
 )
 from aurad_models.experts.trained import (
     ANATOMY_SEGMENTER_KIND,
+    LESION_SEGMENTER_KIND,
     PATHOLOGY_CLASSIFIER_KIND,
     AnatomySegmenter,
+    LesionSegmenter,
     PathologyClassifier,
     TrainedAnatomyExpert,
     TrainedPathologyExpert,
@@ -29,6 +31,7 @@ from tasks.experts import (
     ClassifierTrainingConfig,
     ExpertData,
     ExpertsTrainingConfig,
+    LesionSegmenterTrainingConfig,
     SegmenterTrainingConfig,
     evaluate_anatomy_segmenter,
     labels_from_findings,
@@ -211,16 +214,20 @@ def test_train_experts_flow_registers_both_with_metrics(tmp_path, prefect_harnes
     training = ExpertsTrainingConfig(
         classifier=ClassifierTrainingConfig(init_features=8, growth_rate=4, block_config=(2, 2), steps=3, batch_size=8, log_every=3),
         segmenter=SegmenterTrainingConfig(channels=(8, 16), strides=(2,), num_res_units=0, steps=3, batch_size=4, log_every=3),
+        lesion_segmenter=LesionSegmenterTrainingConfig(channels=(8, 16), strides=(2,), max_steps=4, eval_every=2, batch_size=4),
     )
     result = train_experts_flow(TrainExpertsParameters(root=str(tmp_path), training=training, device="cpu"))
     assert result.source.version == "v0001"
     (classifier,) = list_models(tmp_path, PATHOLOGY_CLASSIFIER_KIND)
     (segmenter,) = list_models(tmp_path, ANATOMY_SEGMENTER_KIND)
-    assert (classifier.id, segmenter.id) == (result.classifier_id, result.segmenter_id)
+    (lesions,) = list_models(tmp_path, LESION_SEGMENTER_KIND)
+    assert (classifier.id, segmenter.id, lesions.id) == (result.classifier_id, result.segmenter_id, result.lesion_segmenter_id)
     assert set(classifier.metrics["auroc"]) == set(PATHOLOGIES)
     assert set(segmenter.metrics["dice"]) == set(ANATOMY_STRUCTURES)
+    assert set(lesions.metrics["fidelity"]) == set(PATHOLOGIES)  # calibrated on the val split, per finding
+    assert LesionSegmenter.from_pretrained(lesions.path).fidelity == lesions.metrics["fidelity"]
     assert classifier.lineage["source"] == {
         "dataset": "phantom", "version": "v0001", "path": str(tmp_path / "phantom" / "v0001"),
-        "train_split": "train", "val_split": "val",
+        "train_split": "train", "val_split": "val", "n": 16, "labelled_subset": None,
     }
     assert PathologyClassifier.from_pretrained(classifier.path).operating_points is not None

@@ -124,51 +124,37 @@ class PathologyClassifier(nn.Module):
         return load_module(cls, directory, map_location=map_location)
 
 
-class AnatomySegmenter(nn.Module):
-    """Anatomy segmenter: MONAI UNet, one grey channel in, one sigmoid logit per ChestX-Det structure out
-    (structures overlap, e.g. clavicles over lungs, so this is multi-label, not a softmax)."""
+class _MaskUNet(nn.Module):
+    """A MONAI UNet, one grey channel in, one sigmoid logit per named mask channel out (multi-label: the
+    channels may overlap), saved as `config.json` (its constructor arguments) + safetensors + metadata."""
 
-    def __init__(
-        self,
-        structures: Sequence[str] = ANATOMY_STRUCTURES,
-        image_size: int = 64,
-        channels: Sequence[int] = (16, 32, 64, 128),
-        strides: Sequence[int] = (2, 2, 2),
-        num_res_units: int = 1,
-        dropout: float = 0.0,
-    ) -> None:
+    vocabulary: tuple[str, ...] = ()
+    names_argument = ""  # the constructor argument holding the channel names
+    intended_use = ""
+
+    def __init__(self, names: Sequence[str], image_size: int, channels: Sequence[int], strides: Sequence[int],
+                 num_res_units: int, extra: dict[str, Any], **unet: Any) -> None:
         super().__init__()
-        unknown = [s for s in structures if s not in ANATOMY_STRUCTURES]
+        unknown = [name for name in names if name not in self.vocabulary]
         if unknown:
-            raise ValueError(f"unknown anatomy structures {unknown}; known: {', '.join(ANATOMY_STRUCTURES)}")
+            raise ValueError(f"unknown {self.names_argument} {unknown}; known: {', '.join(self.vocabulary)}")
         if len(strides) != len(channels) - 1:
             raise ValueError(f"UNet needs one stride fewer than channels, got {list(channels)} / {list(strides)}")
-        self._config = {
-            "structures": list(structures),
-            "image_size": int(image_size),
-            "channels": [int(c) for c in channels],
-            "strides": [int(s) for s in strides],
-            "num_res_units": int(num_res_units),
-            "dropout": float(dropout),
+        self._config: dict[str, Any] = {
+            self.names_argument: list(names), "image_size": int(image_size), "channels": [int(c) for c in channels],
+            "strides": [int(s) for s in strides], "num_res_units": int(num_res_units), **extra,
         }
-        self.structures = tuple(structures)
+        self.names = tuple(names)
         self.image_size = int(image_size)
-        self.net = UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=len(self.structures),
-            channels=tuple(channels),
-            strides=tuple(strides),
-            num_res_units=num_res_units,
-            dropout=dropout,
-        )
+        self.net = UNet(spatial_dims=2, in_channels=1, out_channels=len(self.names), channels=tuple(channels),
+                        strides=tuple(strides), num_res_units=num_res_units, **unet)
 
     @property
     def config(self) -> dict[str, Any]:
         return dict(self._config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, len(structures), S, S) for images (N, 1, S, S) in [-1, 1]."""
+        """Logits (N, channels, S, S) for images (N, 1, S, S) in [-1, 1]."""
         return self.net(x)
 
     def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -176,25 +162,39 @@ class AnatomySegmenter(nn.Module):
         _write_metadata(
             directory,
             {
-                "intended_use": "anatomy masks for the anatomy bank and the expert filter's anatomy check",
+                "intended_use": self.intended_use,
                 "inputs": {"image": {"channels": 1, "dtype": "float32", "value_range": [-1, 1],
                                      "spatial_shape": [self.image_size, self.image_size]}},
-                "outputs": {"logits": {"channels": list(self.structures), "activation": "sigmoid",
-                                       "threshold": 0.5, "multi_label": True}},
+                "outputs": {"logits": {"channels": list(self.names), "activation": "sigmoid",
+                                       "threshold": self._config.get("threshold", 0.5), "multi_label": True}},
                 **(metadata or {}),
             },
         )
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "AnatomySegmenter":
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu"):
         return load_module(cls, directory, map_location=map_location)
 
 
-class LesionSegmenter(nn.Module):
-    """The fidelity expert: a MONAI UNet trained on *real* images to outline the pathologies (one sigmoid
-    channel per finding). Re-segmenting a synthetic image says whether its lesions show where its masks
-    are, and whether an image meant to be normal shows lesions it should not.
+class AnatomySegmenter(_MaskUNet):
+    """Anatomy segmenter: one channel per ChestX-Det structure (clavicles lie over lungs: multi-label)."""
+
+    vocabulary = ANATOMY_STRUCTURES
+    names_argument = "structures"
+    intended_use = "anatomy masks for the anatomy bank and the expert filter's anatomy check"
+
+    def __init__(self, structures: Sequence[str] = ANATOMY_STRUCTURES, image_size: int = 64,
+                 channels: Sequence[int] = (16, 32, 64, 128), strides: Sequence[int] = (2, 2, 2), num_res_units: int = 1,
+                 dropout: float = 0.0) -> None:
+        super().__init__(structures, image_size, channels, strides, num_res_units, {"dropout": float(dropout)}, dropout=dropout)
+        self.structures = self.names
+
+
+class LesionSegmenter(_MaskUNet):
+    """The fidelity expert: a UNet trained on *real* images to outline the pathologies (one channel per
+    finding). Re-segmenting a synthetic image says whether its lesions show where its masks are, and
+    whether an image meant to be normal shows lesions it should not.
 
     `fidelity` holds what real validation images look like to it, per finding: `dice` (validation Dice
     over positives, pooled), `min_dice` (the Dice that `accept_share` of real positives reach) and
@@ -202,65 +202,22 @@ class LesionSegmenter(nn.Module):
     findings with a validation Dice the filter trusts vote (`tasks.filtering.FidelityCheck`).
     """
 
-    def __init__(
-        self,
-        labels: Sequence[str] = PATHOLOGIES,
-        image_size: int = 64,
-        channels: Sequence[int] = (16, 32, 64, 128),
-        strides: Sequence[int] = (2, 2, 2),
-        num_res_units: int = 0,
-        norm: str = "batch",
-        threshold: float = 0.5,
-        fidelity: dict[str, dict[str, float | None]] | None = None,
-    ) -> None:
-        super().__init__()
-        unknown = [label for label in labels if label not in PATHOLOGIES]
-        if unknown:
-            raise ValueError(f"unknown finding labels {unknown}; known: {', '.join(PATHOLOGIES)}")
-        if len(strides) != len(channels) - 1:
-            raise ValueError(f"UNet needs one stride fewer than channels, got {list(channels)} / {list(strides)}")
-        self._config: dict[str, Any] = {
-            "labels": list(labels), "image_size": int(image_size), "channels": [int(c) for c in channels],
-            "strides": [int(s) for s in strides], "num_res_units": int(num_res_units), "norm": norm,
-            "threshold": float(threshold), "fidelity": fidelity,
-        }
-        self.labels = tuple(labels)
-        self.image_size = int(image_size)
+    vocabulary = PATHOLOGIES
+    names_argument = "labels"
+    intended_use = "fidelity expert of the synthetic-data filter: re-segments synthetic CXRs; trained on real images"
+
+    def __init__(self, labels: Sequence[str] = PATHOLOGIES, image_size: int = 64, channels: Sequence[int] = (16, 32, 64, 128),
+                 strides: Sequence[int] = (2, 2, 2), num_res_units: int = 0, norm: str = "batch", threshold: float = 0.5,
+                 fidelity: dict[str, dict[str, float | None]] | None = None) -> None:
+        super().__init__(labels, image_size, channels, strides, num_res_units,
+                         {"norm": norm, "threshold": float(threshold), "fidelity": fidelity}, norm=norm)
+        self.labels = self.names
         self.threshold = float(threshold)
         self.fidelity = fidelity
-        self.net = UNet(spatial_dims=2, in_channels=1, out_channels=len(self.labels), channels=tuple(channels),
-                        strides=tuple(strides), num_res_units=num_res_units, norm=norm)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
 
     def set_fidelity(self, fidelity: dict[str, dict[str, float | None]]) -> None:
         self.fidelity = fidelity
         self._config["fidelity"] = fidelity
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (N, len(labels), S, S) for images (N, 1, S, S) in [-1, 1]."""
-        return self.net(x)
-
-    def save_pretrained(self, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        directory = save_module(self, directory, self.config)
-        _write_metadata(
-            directory,
-            {
-                "intended_use": "fidelity expert of the synthetic-data filter: re-segments synthetic CXRs; trained on real images",
-                "inputs": {"image": {"channels": 1, "dtype": "float32", "value_range": [-1, 1],
-                                     "spatial_shape": [self.image_size, self.image_size]}},
-                "outputs": {"logits": {"channels": list(self.labels), "activation": "sigmoid",
-                                       "threshold": self.threshold, "multi_label": True}},
-                **(metadata or {}),
-            },
-        )
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LesionSegmenter":
-        return load_module(cls, directory, map_location=map_location)
 
 
 def operating_point_norm(probs: np.ndarray, points: Sequence[float | None]) -> np.ndarray:
