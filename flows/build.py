@@ -14,9 +14,7 @@ from prefect.futures import as_completed
 from tqdm import tqdm
 
 from flows.runners import shard_task_runner
-from storage import StagedVersion
-from tasks.build import BuildConfig, BuildModels, BuildResult, ShardPlan, run_build
-from tasks.filtering import ImageStatsReference
+from tasks.build import BuildConfig, BuildResult, ShardContext, ShardPlan, run_build
 from tasks.generate import ShardReport, generate_shard, generate_shard_task
 
 
@@ -24,17 +22,9 @@ from tasks.generate import ShardReport, generate_shard, generate_shard_task
 
 
 @flow(name="aurad-generate-shards")
-def generate_shards_flow(
-    staged: StagedVersion,
-    plans: list[ShardPlan],
-    models: BuildModels,
-    reference: ImageStatsReference,
-    config: BuildConfig,
-    root: str,
-    bank_version: str,
-) -> list[ShardReport]:
+def generate_shards_flow(context: ShardContext, plans: list[ShardPlan]) -> list[ShardReport]:
     """Fan the shards out over the task runner (threads or a Dask cluster); a progress bar per shard."""
-    futures = [generate_shard_task.submit(staged, plan, models, reference, config, root, bank_version) for plan in plans]
+    futures = [generate_shard_task.submit(context, plan) for plan in plans]
     reports = []
     with tqdm(total=sum(len(p.prompts) for p in plans), desc="generate", unit="sample", mininterval=2) as bar:
         for future in as_completed(futures):
@@ -47,31 +37,15 @@ def generate_shards_flow(
 # --- the flow ------------------------------------------------------------------------------------
 
 
-def generate_shards_in_loop(
-    staged: StagedVersion,
-    plans: list[ShardPlan],
-    models: BuildModels,
-    reference: ImageStatsReference,
-    config: BuildConfig,
-    root: str,
-    bank_version: str,
-) -> list[ShardReport]:
+def generate_shards_in_loop(context: ShardContext, plans: list[ShardPlan]) -> list[ShardReport]:
     """The same shard stage with no orchestration: a plain loop (the baseline of bench/orchestration.py)."""
-    return [generate_shard(staged, plan, models, reference, config, root, bank_version) for plan in plans]
+    return [generate_shard(context, plan) for plan in plans]
 
 
-def generate_shards_with_prefect(
-    staged: StagedVersion,
-    plans: list[ShardPlan],
-    models: BuildModels,
-    reference: ImageStatsReference,
-    config: BuildConfig,
-    root: str,
-    bank_version: str,
-) -> list[ShardReport]:
+def generate_shards_with_prefect(context: ShardContext, plans: list[ShardPlan]) -> list[ShardReport]:
     """The shard stage as a Prefect subflow on the configured task runner."""
-    runner_flow = generate_shards_flow.with_options(task_runner=shard_task_runner(config))
-    return runner_flow(staged, plans, models, reference, config, root, bank_version)
+    runner_flow = generate_shards_flow.with_options(task_runner=shard_task_runner(context.config))
+    return runner_flow(context, plans)
 
 
 @flow(name="aurad-build")

@@ -9,6 +9,7 @@ same `run_build` runs under `flows.build.build_flow` and in `bench/orchestration
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Literal
@@ -98,6 +99,10 @@ class BuildConfig(BaseModel):
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     task_runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads while a shard samples on the CPU (None: every CPU this process may use). "
+        "CPU kernels sum in an order that depends on the thread count, so a build is byte-identical on every runner "
+        "(threads, Dask) for the same value")
     dask_address: str | None = Field(None, description="a Dask scheduler address; None starts a LocalCluster")
     gpu_concurrency_limit: str | None = Field(
         None, description="a Prefect global concurrency limit each shard task holds one slot of while it runs (caps "
@@ -247,7 +252,8 @@ def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.
 def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion, bank: DatasetVersion) -> str:
     """Same settings, models and inputs -> same build id (resume); anything else -> a new build."""
     identity = {
-        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device", "gpu_concurrency_limit"}),
+        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device",
+                                                          "gpu_concurrency_limit", "cpu_threads"}),
         "mask_model": models.mask_model_id,
         "image_model": models.image_model_id,
         "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
@@ -259,7 +265,20 @@ def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion
     return f"build-{config_hash(identity)[:16]}"
 
 
-ShardStage = Callable[[StagedVersion, list[ShardPlan], BuildModels, ImageStatsReference, BuildConfig, str, str], list["ShardReport"]]
+@dataclass(frozen=True)
+class ShardContext:
+    """What every shard of one build shares (small: it travels to each shard task with its plan)."""
+
+    staged: StagedVersion
+    models: BuildModels
+    reference: ImageStatsReference
+    config: BuildConfig
+    bank_root: str
+    bank_version: str
+    cpu_threads: int = 1  # torch CPU threads of every shard (resolved once: the same in every worker)
+
+
+ShardStage = Callable[[ShardContext, list[ShardPlan]], list["ShardReport"]]
 
 
 def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> BuildResult:
@@ -298,7 +317,9 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
     plans = plan_shards(config, prompts, bank, staged, pending, prior)
     seconds = {"inputs_and_prompts": time.perf_counter() - started}
     tick = time.perf_counter()
-    reports = shard_stage(staged, plans, models, reference, config, root, bank.version) if plans else []
+    cpu_threads = config.cpu_threads or len(os.sched_getaffinity(0))
+    context = ShardContext(staged, models, reference, config, root, bank.version, cpu_threads)
+    reports = shard_stage(context, plans) if plans else []
     seconds["shards"] = time.perf_counter() - tick
     seconds["shard_tasks"] = sum(r.seconds["total"] for r in reports)
     tick = time.perf_counter()

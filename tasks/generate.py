@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,10 +31,11 @@ from aurad_models.mask_generator import MaskGenerator
 from aurad_models.pixels import to_stored
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import PATHOLOGIES
-from storage import StagedVersion, open_dataset
-from tasks.build import BuildConfig, BuildModels, Prompt, ShardPlan
+from storage import open_dataset
+from tasks.build import BuildConfig, BuildModels, Prompt, ShardContext, ShardPlan
 from tasks.devices import candidate_devices, lease_device
-from tasks.filtering import FilterExperts, FilterResult, ImageStatsReference, acceptance_report, filter_batch
+from tasks.filtering import FilterExperts, FilterResult, acceptance_report, filter_batch
+from tasks.retrain import torch_threads
 from tasks.quality import GateResult, anatomy_gate, anatomy_stats, image_gate, image_stats, mask_gate, mask_stats
 
 logger = logging.getLogger(__name__)
@@ -98,32 +99,19 @@ def generate_samples(
     return masks.masks, images.images
 
 
-def generate_shard(
-    staged: StagedVersion,
-    plan: ShardPlan,
-    models: BuildModels,
-    reference: ImageStatsReference,
-    config: BuildConfig,
-    bank_root: str,
-    bank_version: str,
-) -> ShardReport:
+def generate_shard(context: ShardContext, plan: ShardPlan) -> ShardReport:
     """Generate, filter, check and write one shard on a device leased for it (tasks/devices.py).
     Raises `QualityGateFailed` if a gate fails."""
-    with lease_device(candidate_devices(models.device)) as device:
-        return generate_shard_on_device(staged, plan, models.on_device(device), reference, config, bank_root, bank_version)
+    with lease_device(candidate_devices(context.models.device)) as device:
+        with torch_threads(context.cpu_threads if device.startswith("cpu") else None):
+            return generate_shard_on_device(replace(context, models=context.models.on_device(device)), plan)
 
 
-def generate_shard_on_device(
-    staged: StagedVersion,
-    plan: ShardPlan,
-    models: BuildModels,
-    reference: ImageStatsReference,
-    config: BuildConfig,
-    bank_root: str,
-    bank_version: str,
-) -> ShardReport:
-    """`generate_shard` on `models.device` as it is."""
+def generate_shard_on_device(context: ShardContext, plan: ShardPlan) -> ShardReport:
+    """`generate_shard` on `context.models.device` as it is."""
     from tasks.quality import raise_on_failure
+
+    staged, models, reference, config = context.staged, context.models, context.reference, context.config
 
     seconds: dict[str, float] = {}
     began = tick = time.perf_counter()
@@ -134,7 +122,7 @@ def generate_shard_on_device(
 
     # 1. Anatomy from the bank, checked before anything is generated.
     tick = time.perf_counter()
-    bank = open_dataset(bank_root, config.anatomy_bank, bank_version)
+    bank = open_dataset(context.bank_root, config.anatomy_bank, context.bank_version)
     order = np.argsort(plan.bank_indices)
     anatomy_sorted = np.asarray(bank.anatomy.get_orthogonal_selection((np.asarray(plan.bank_indices)[order],)))
     anatomy = np.empty_like(anatomy_sorted)
@@ -261,22 +249,15 @@ def _json_dumps(data: Any) -> str:
     return json.dumps(data, indent=1, default=str)
 
 
-@task(name="generate-shard", retries=0)
-def generate_shard_task(
-    staged: StagedVersion,
-    plan: ShardPlan,
-    models: BuildModels,
-    reference: ImageStatsReference,
-    config: BuildConfig,
-    bank_root: str,
-    bank_version: str,
-) -> ShardReport:
+@task(name="generate-shard", task_run_name="shard-{plan.shard:05d}", retries=0)
+def generate_shard_task(context: ShardContext, plan: ShardPlan) -> ShardReport:
     """One shard, holding a slot of `config.gpu_concurrency_limit` when one is named. (Not a task tag:
     every tagged task run asks the server for tag limits, which stalled shard tasks by ~2 s here even with
     no limit defined; bench/results/orchestration.md.)"""
-    if config.gpu_concurrency_limit is None:
-        return generate_shard(staged, plan, models, reference, config, bank_root, bank_version)
+    limit = context.config.gpu_concurrency_limit
+    if limit is None:
+        return generate_shard(context, plan)
     from prefect.concurrency.sync import concurrency
 
-    with concurrency(config.gpu_concurrency_limit, occupy=1, strict=True):
-        return generate_shard(staged, plan, models, reference, config, bank_root, bank_version)
+    with concurrency(limit, occupy=1, strict=True):
+        return generate_shard(context, plan)

@@ -248,6 +248,8 @@ class DownstreamConfig(BaseModel):
     base_seed: int = 0
     min_real: int = Field(4, ge=1, description="least number of real images in a scarce subset")
     oracle: bool = Field(True, description="also train with real samples in place of the synthetic ones (same count and class mix)")
+    oracle_fractions: tuple[float, ...] | None = Field(
+        None, description="real fractions at which the oracle runs (None: all); its share is read at these")
     pretrain_fractions: tuple[float, ...] | None = Field(
         None, description="real fractions at which synthetic->real (pre-train on synthetic, fine-tune on real) runs; None: all")
     synthetic_only: bool = Field(True, description="report the synthetic-only models (the pre-training of synthetic->real)")
@@ -549,7 +551,7 @@ class Job:
     real_fraction: float
     seed_index: int
     seed: int
-    train: LabelledImages
+    parts: tuple[tuple[LabelledImages, np.ndarray | None], ...]  # the training set: (data, indices or all) joined
     val: LabelledImages | None
     test: LabelledImages
     n_real: int
@@ -558,6 +560,10 @@ class Job:
     init: dict[str, torch.Tensor] | None = None
     keep_weights: bool = False  # return the trained weights (pre-training for synthetic->real)
     resegment: LabelledImages | None = None  # also re-segment these (fidelity of the synthetic masks)
+
+    def train(self) -> LabelledImages:
+        """The training set, joined where the job runs (the planner holds only references and indices)."""
+        return LabelledImages.concat(*(data if index is None else data.subset(index) for data, index in self.parts))
 
 
 @dataclass
@@ -578,7 +584,7 @@ class JobResult:
 def run_job(job: Job) -> JobResult:
     """Train and score one job (in a worker process or in this one)."""
     task_model = downstream_model(job.task, job.config)
-    result = fit(task_model, job.train, job.val, job.seed, job.weights, job.init)
+    result = fit(task_model, job.train(), job.val, job.seed, job.weights, job.init)
     score = task_model.score(result.model, job.test)
     resegmented = None
     if job.resegment is not None and job.task == "segmentation":
@@ -647,15 +653,18 @@ def execute(jobs: list[Job], followers: Callable[[JobResult], list[Job]], worker
                 progress(result, len(results), len(results) + len(queue))
         return results
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's Prefect and torch threads
+    queue = list(jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-        pending: set[Future] = {pool.submit(run_job, job) for job in jobs}
-        while pending:
+        pending: set[Future] = set()
+        while queue or pending:
+            while queue and len(pending) < workers + 1:  # a few in flight: each job carries its training data
+                pending.add(pool.submit(run_job, queue.pop(0)))
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
                 result = future.result()
                 results.append(result)
-                pending |= {pool.submit(run_job, job) for job in followers(result)}
-                progress(result, len(results), len(results) + len(pending))
+                queue[:0] = followers(result)  # fine-tuning next: its pre-training is done
+                progress(result, len(results), len(results) + len(pending) + len(queue))
     return results
 
 
@@ -757,6 +766,10 @@ def _pretrain_fractions(config: DownstreamConfig) -> tuple[float, ...]:
     return tuple(sorted(config.real_fractions if config.pretrain_fractions is None else config.pretrain_fractions))
 
 
+def _oracle_fractions(config: DownstreamConfig) -> tuple[float, ...]:
+    return tuple(sorted(config.real_fractions if config.oracle_fractions is None else config.oracle_fractions))
+
+
 def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages | None, real_test: LabelledImages,
               synthetic: LabelledImages | None, config: DownstreamConfig) -> tuple[list[Job], Callable[[JobResult], list[Job]]]:
     """Every independent job, and how a pre-training result turns into its fine-tuning jobs."""
@@ -765,8 +778,9 @@ def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages |
     wanted = synthetic.present() if synthetic is not None else None
     subsets: dict[tuple[int, float], np.ndarray] = {}
 
-    def job(train_set: str, fraction: float, s: int, train: LabelledImages, n_real: int, n_added: int, **extra) -> Job:
-        return Job(task, config, train_set, fraction, s, derive_seed(config.base_seed, task, s), train, real_val, real_test,
+    def job(train_set: str, fraction: float, s: int, parts: list[tuple[LabelledImages, np.ndarray | None]], n_real: int,
+            n_added: int, **extra) -> Job:
+        return Job(task, config, train_set, fraction, s, derive_seed(config.base_seed, task, s), tuple(parts), real_val, real_test,
                    n_real, n_added, **extra)
 
     for s in range(config.seeds):
@@ -774,22 +788,21 @@ def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages |
         for fraction in sorted(config.real_fractions):
             subset = _subset(len(real_train), fraction, seed, config)
             subsets[(s, fraction)] = subset
-            scarce = real_train.subset(subset)
-            jobs.append(job("real", fraction, s, scarce, len(subset), 0))
+            scarce = (real_train, subset)
+            jobs.append(job("real", fraction, s, [scarce], len(subset), 0))
             if synthetic is None:
                 continue
             weights = sample_weights([len(subset), len(synthetic)], config.synthetic_share)
-            jobs.append(job("real+synthetic", fraction, s, LabelledImages.concat(scarce, synthetic), len(subset), len(synthetic),
-                            weights=weights))
-            if config.oracle:
+            jobs.append(job("real+synthetic", fraction, s, [scarce, (synthetic, None)], len(subset), len(synthetic), weights=weights))
+            if config.oracle and fraction in _oracle_fractions(config):
                 oracle = oracle_subset(present, subset, wanted, derive_seed(seed, "oracle", str(fraction)))
-                jobs.append(job("real+oracle", fraction, s, LabelledImages.concat(scarce, real_train.subset(oracle)), len(subset),
-                                len(oracle), weights=sample_weights([len(subset), len(oracle)], config.synthetic_share)))
+                jobs.append(job("real+oracle", fraction, s, [scarce, (real_train, oracle)], len(subset), len(oracle),
+                                weights=sample_weights([len(subset), len(oracle)], config.synthetic_share)))
         if synthetic is not None and (config.synthetic_only or _pretrain_fractions(config)):
-            jobs.append(job("synthetic", 0.0, s, synthetic, 0, len(synthetic), keep_weights=bool(_pretrain_fractions(config))))
-    for s in range(config.full_real_seeds):
-        jobs.append(job("full-real", 1.0, s, real_train, len(real_train), 0,
-                        resegment=synthetic if s == 0 and task == "segmentation" else None))
+            jobs.append(job("synthetic", 0.0, s, [(synthetic, None)], 0, len(synthetic), keep_weights=bool(_pretrain_fractions(config))))
+    for s in reversed(range(config.full_real_seeds)):  # the longest runs first: no long tail on one worker at the end
+        jobs.insert(0, job("full-real", 1.0, s, [(real_train, None)], len(real_train), 0,
+                           resegment=synthetic if s == 0 and task == "segmentation" else None))
 
     def followers(result: JobResult) -> list[Job]:
         if result.train_set != "synthetic" or result.weights is None:
@@ -799,7 +812,7 @@ def plan_jobs(task: Task, real_train: LabelledImages, real_val: LabelledImages |
             subset = subsets.get((result.seed_index, fraction))
             if subset is None:
                 subset = _subset(len(real_train), fraction, derive_seed(config.base_seed, task, result.seed_index), config)
-            out.append(job("synthetic->real", fraction, result.seed_index, real_train.subset(subset), len(subset),
+            out.append(job("synthetic->real", fraction, result.seed_index, [(real_train, subset)], len(subset),
                            result.n_added, init=result.weights))
         return out
 

@@ -145,9 +145,9 @@ def test_a_build_killed_after_some_shards_resumes_without_recomputing_them(root,
     shards_run: list[int] = []
     real_shard = generate.generate_shard
 
-    def counting(staged, plan, *args):
+    def counting(context, plan):
         shards_run.append(plan.shard)
-        return real_shard(staged, plan, *args)
+        return real_shard(context, plan)
 
     monkeypatch.setattr(generate, "generate_shard", counting)
     monkeypatch.setattr("flows.build.generate_shard", counting, raising=False)
