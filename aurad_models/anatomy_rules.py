@@ -124,3 +124,15 @@ def cardiothoracic_ratio(anatomy: np.ndarray) -> float:
     thorax = width(lung_mask(anatomy))
     heart = width(anatomy[_HEART])
     return heart / thorax if thorax and heart else float("nan")
+
+
+def heart_components(heart: np.ndarray, speckle_fraction: float = 0.05) -> int:
+    """Connected pieces of a heart mask (8-connectivity), not counting specks smaller than `speckle_fraction`
+    of the largest piece: the one definition the anatomy bank's QC and the build's anatomy gate share."""
+    from scipy import ndimage
+
+    labelled, n = ndimage.label(np.asarray(heart, dtype=bool), structure=np.ones((3, 3), dtype=bool))
+    if n <= 1:
+        return n
+    sizes = np.bincount(labelled.ravel())[1:]
+    return int((sizes >= speckle_fraction * sizes.max()).sum())

@@ -185,7 +185,8 @@ def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False) ->
     # 6. Downstream evaluation of the new version against the held-out real split.
     evaluation = None
     evaluation_report = None
-    headline = [f"{build.accepted} of {build.n_samples} samples accepted ({build.accepted / max(build.n_samples, 1):.0%})"]
+    headline = [_models_line("experts", experts, EXPERT_KINDS), _models_line("generators", generators, GENERATOR_KINDS),
+                f"{build.accepted} of {build.n_samples} samples accepted ({build.accepted / max(build.n_samples, 1):.0%})"]
     if config.evaluate.evaluate.tasks:
         evaluate_params = config.evaluate.model_copy(update={"real_version": source_version, "synthetic_version": build.version})
         result = timed("evaluate", lambda: evaluate_flow(evaluate_params))
@@ -209,3 +210,9 @@ def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False) ->
         headline=headline,
         seconds=seconds,
     )
+
+
+def _models_line(step: str, output: dict[str, Any], kinds: dict[str, str]) -> str:
+    how = ("the shipped models (aurad_models/embedded/, trained with these settings; weights sha256-verified)"
+           if output.get("shipped") else "reused from an earlier run" if output.get("reused") else "trained in this run")
+    return f"{step}: {how}: {', '.join(str(output.get(k)) for k in kinds if output.get(k))}"

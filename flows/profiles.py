@@ -94,5 +94,24 @@ def validate(model: type[ModelT], data: dict[str, Any], source: str) -> ModelT:
         lines = [f"invalid configuration ({source}):"]
         for item in error.errors():
             where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-            lines.append(f"  {where}: {item['msg']}")
+            hint = _did_you_mean(model, item["loc"]) if item["type"] == "extra_forbidden" else ""
+            lines.append(f"  {where}: {item['msg']}{hint}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def _did_you_mean(model: type[BaseModel], location: tuple[Any, ...]) -> str:
+    """'; did you mean <closest field>?' for a misspelt key, from the fields of the model it sits in."""
+    import difflib
+    import typing
+
+    fields: dict[str, Any] = model.model_fields
+    for part in location[:-1]:
+        if part not in fields:
+            return ""
+        annotation = fields[part].annotation
+        options = [a for a in (annotation, *typing.get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not options:
+            return ""
+        fields = options[0].model_fields
+    close = difflib.get_close_matches(str(location[-1]), list(fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from scipy import ndimage
-
+from aurad_models.anatomy_rules import heart_components
 from aurad_models.experts.base import AnatomyExpert, batches
 from aurad_models.experts.loading import ExpertChoice, load_anatomy_expert
 from aurad_models.hashing import config_hash
@@ -66,15 +65,6 @@ class AnatomyQCConfig(BaseModel):
         return self
 
 
-def _components(mask: np.ndarray, speckle_fraction: float) -> int:
-    """Connected pieces (8-connectivity) of a mask, not counting specks."""
-    labelled, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n <= 1:
-        return n
-    sizes = np.bincount(labelled.ravel())[1:]
-    return int((sizes >= speckle_fraction * sizes.max()).sum())
-
-
 def anatomy_qc(anatomy: np.ndarray, config: AnatomyQCConfig) -> tuple[dict[str, float], str | None]:
     """Scores of one (14, H, W) mask set and the reason it is unusable (None when it passes)."""
     if anatomy.ndim != 3 or anatomy.shape[0] != len(ANATOMY_STRUCTURES):
@@ -85,7 +75,7 @@ def anatomy_qc(anatomy: np.ndarray, config: AnatomyQCConfig) -> tuple[dict[str, 
         "qc.left_lung_area": float(masks[_LEFT_LUNG].sum()) / pixels,
         "qc.right_lung_area": float(masks[_RIGHT_LUNG].sum()) / pixels,
         "qc.heart_area": float(masks[_HEART].sum()) / pixels,
-        "qc.heart_components": float(_components(masks[_HEART], config.speckle_fraction)),
+        "qc.heart_components": float(heart_components(masks[_HEART], config.speckle_fraction)),
     }
     problems = []
     for side in ("left", "right"):

@@ -17,9 +17,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from aurad_models.anatomy_rules import allowed_region, inside_fraction
+from aurad_models.anatomy_rules import allowed_region, heart_components, inside_fraction
 from aurad_models.findings import Finding
 from aurad_models.vocabulary import PATHOLOGIES, anatomy_index
 
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 class QualityConfig(BaseModel):
     """Thresholds of the data-quality gates."""
+
+    model_config = ConfigDict(extra="forbid")
 
     frequency_tolerance: float = Field(0.05, ge=0, description="allowed |produced - target| finding frequency, added to a 3-sigma binomial allowance")
     lung_area_range: tuple[float, float] = Field((0.03, 0.40), description="each lung's area as a fraction of the image")
@@ -143,9 +145,8 @@ def image_stats(images: np.ndarray) -> pd.DataFrame:
 
 
 def anatomy_stats(anatomy: np.ndarray) -> pd.DataFrame:
-    """Per-sample lung and heart areas (fraction of the image) and the heart's connected components."""
-    from scipy import ndimage
-
+    """Per-sample lung and heart areas (fraction of the image) and the heart's connected components
+    (`anatomy_rules.heart_components`, as the anatomy bank's QC counts them)."""
     pixels = anatomy.shape[-1] * anatomy.shape[-2]
     heart = anatomy[:, anatomy_index("Heart")].astype(bool)
     return pd.DataFrame(
@@ -153,7 +154,7 @@ def anatomy_stats(anatomy: np.ndarray) -> pd.DataFrame:
             "left_lung_area": anatomy[:, anatomy_index("Left Lung")].reshape(len(anatomy), -1).sum(1) / pixels,
             "right_lung_area": anatomy[:, anatomy_index("Right Lung")].reshape(len(anatomy), -1).sum(1) / pixels,
             "heart_area": heart.reshape(len(anatomy), -1).sum(1) / pixels,
-            "heart_components": [ndimage.label(h)[1] for h in heart],
+            "heart_components": [heart_components(h) for h in heart],
         }
     )
 

@@ -141,3 +141,24 @@ def test_anatomy_bank_flow_with_a_registered_segmenter(tmp_path, source, prefect
 
     bank = open_dataset(tmp_path, "anatomy-bank")
     assert bank.version == "v0001" and len(bank) == 12 and bank.masks.shape[1] == len(PATHOLOGIES)
+
+
+def test_bank_qc_and_the_build_gate_count_heart_pieces_the_same_way():
+    """A speck beside the heart, or a piece touching it diagonally, is one heart to both: a bank sample the
+    QC accepts never trips the build's anatomy gate, whatever the shard size."""
+    from aurad_models.anatomy_rules import heart_components
+    from tasks.anatomy import AnatomyQCConfig, anatomy_qc
+    from tasks.quality import anatomy_stats
+
+    heart = np.zeros((64, 64), bool)
+    heart[20:40, 20:40] = True
+    heart[40, 40] = True  # touches the corner only: one piece with 8-connectivity
+    heart[5, 5] = True  # a speck
+    assert heart_components(heart) == 1
+    anatomy = np.zeros((1, 14, 64, 64), np.uint8)
+    anatomy[0, anatomy_index("Heart")] = heart
+    assert anatomy_qc(anatomy[0], AnatomyQCConfig())[0]["qc.heart_components"] == 1
+    assert anatomy_stats(anatomy)["heart_components"].tolist() == [1]
+    heart[50:60, 50:60] = True  # a second real piece: two to both
+    anatomy[0, anatomy_index("Heart")] = heart
+    assert anatomy_qc(anatomy[0], AnatomyQCConfig())[0]["qc.heart_components"] == anatomy_stats(anatomy)["heart_components"][0] == 2

@@ -51,3 +51,31 @@ def test_cli_prints_the_resolved_config_and_exits_2_on_a_bad_override():
 
     bad = runner.invoke(app, ["build", "-s", "build.max_tries=zero"])
     assert bad.exit_code == 2 and "build.max_tries" in bad.output
+
+
+def test_every_configuration_model_forbids_unknown_keys_and_suggests_the_closest():
+    """Walk every pydantic model a profile holds: none may ignore a misspelt key."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from flows.config import AuradConfig
+
+    seen: dict[type, str] = {}
+
+    def walk(model: type[BaseModel], where: str) -> None:
+        if model in seen:
+            return
+        seen[model] = where
+        for name, field in model.model_fields.items():
+            for candidate in (field.annotation, *typing.get_args(field.annotation)):
+                for inner in (candidate, *typing.get_args(candidate)):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        walk(inner, f"{where}.{name}")
+
+    walk(AuradConfig, "config")
+    assert len(seen) > 30  # the walk reaches the nested sections
+    lenient = [f"{model.__name__} ({where})" for model, where in seen.items() if model.model_config.get("extra") != "forbid"]
+    assert lenient == []
+    with pytest.raises(ConfigError, match=r"build\.quality\.min_acceptence_rate: .*did you mean 'min_acceptance_rate'"):
+        load_config("demo", ["build.quality.min_acceptence_rate=1.0"])
