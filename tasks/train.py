@@ -110,7 +110,8 @@ class TrainingData:
         if n == 0:
             raise ValueError(f"no training samples ({self.source or 'no source'})")
         if self.anatomy.shape[1] != len(ANATOMY_STRUCTURES) or self.pathology.shape[1] != len(PATHOLOGIES):
-            raise ValueError(f"need 14 anatomy and 7 pathology channels, got {self.anatomy.shape} and {self.pathology.shape}")
+            raise ValueError(f"need {len(ANATOMY_STRUCTURES)} anatomy and {len(PATHOLOGIES)} pathology channels, got "
+                             f"{self.anatomy.shape} and {self.pathology.shape}")
 
     def __len__(self) -> int:
         return len(self.images)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aurad_models.findings import Finding
+from aurad_models.vocabulary import PATHOLOGIES
 from aurad_models.image_generator import (
     ControlNetImageGenerator,
     ImageGenerator,
@@ -135,7 +136,7 @@ def test_mask_generator_save_load_identical(tmp_path, toy, mask_model):
     mask_model.save_pretrained(tmp_path / "m")
     after = MaskGenerator.from_pretrained(tmp_path / "m").sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK)
     assert np.array_equal(before.soft, after.soft)
-    assert before.masks.shape == (3, 7, SIZE, SIZE) and before.masks.dtype == np.uint8
+    assert before.masks.shape == (3, len(PATHOLOGIES), SIZE, SIZE) and before.masks.dtype == np.uint8
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm-solver++"])
@@ -219,7 +220,7 @@ def test_image_sample_alone_equals_batch_with_guidance(toy, image_model):
 
 def test_image_input_validation(toy, image_model):
     _, anatomy, pathology, _ = toy
-    with pytest.raises(ValueError, match="pathology must have 7 channels"):
+    with pytest.raises(ValueError, match=f"pathology must have {len(PATHOLOGIES)} channels"):
         image_model.sample(anatomy, anatomy[:, :6], range(6), FAST_IMAGE)
     with pytest.raises(ValueError, match=r"must be \(N, 14, H, W\)"):
         image_model.sample(anatomy[0], pathology, range(6), FAST_IMAGE)
@@ -239,7 +240,7 @@ def test_ablation_flags_rates():
     assert (anatomy.sum(1) == 0).mean() == pytest.approx(0.2, abs=0.015)
     assert 1 - anatomy[anatomy.sum(1) > 0].mean() == pytest.approx(0.1, abs=0.01)
     assert (pathology.sum(1) == 0).mean() == pytest.approx(0.3, abs=0.015)
-    assert set(pathology.sum(1)) == {0.0, 7.0}  # no single-channel drops at rate 0
+    assert set(pathology.sum(1)) == {0.0, float(len(PATHOLOGIES))}  # no single-channel drops at rate 0
 
 
 def test_dropped_differs_from_absent(toy, image_model):
@@ -247,8 +248,8 @@ def test_dropped_differs_from_absent(toy, image_model):
     a statement of absence: different conditioning, different image."""
     _, anatomy, pathology, _ = toy
     seeds = [1, 2]
-    dropped = image_model.sample(anatomy[:2], pathology[:2], seeds, FAST_IMAGE, pathology_available=np.zeros(7, bool))
-    dropped_empty = image_model.sample(anatomy[:2], np.zeros_like(pathology[:2]), seeds, FAST_IMAGE, pathology_available=np.zeros(7, bool))
+    dropped = image_model.sample(anatomy[:2], pathology[:2], seeds, FAST_IMAGE, pathology_available=np.zeros(len(PATHOLOGIES), bool))
+    dropped_empty = image_model.sample(anatomy[:2], np.zeros_like(pathology[:2]), seeds, FAST_IMAGE, pathology_available=np.zeros(len(PATHOLOGIES), bool))
     absent = image_model.sample(anatomy[:2], np.zeros_like(pathology[:2]), seeds, FAST_IMAGE)
     none_given = image_model.sample(anatomy[:2], None, seeds, FAST_IMAGE)
     assert np.array_equal(dropped.images, dropped_empty.images)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from aurad_models.findings import Finding
-from aurad_models.vocabulary import anatomy_index, pathology_index
+from aurad_models.vocabulary import PATHOLOGIES, anatomy_index, pathology_index
 
 
 def toy_batch(n: int, size: int = 32, seed: int = 0):
@@ -17,7 +17,7 @@ def toy_batch(n: int, size: int = 32, seed: int = 0):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
     anatomy = np.zeros((n, 14, size, size), np.uint8)
-    pathology = np.zeros((n, 7, size, size), np.uint8)
+    pathology = np.zeros((n, len(PATHOLOGIES), size, size), np.uint8)
     findings = []
     for i in range(n):
         cx = size / 2 + rng.uniform(-1, 1)

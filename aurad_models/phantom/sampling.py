@@ -35,7 +35,7 @@ _DEFAULT_SIZE_WEIGHTS = (0.4, 0.35, 0.25)
 def sample_findings(rng: np.random.Generator, config: PhantomConfig) -> tuple[Finding, ...]:
     """Draw the findings of one image from the configured prior; fully specified, in PATHOLOGIES order."""
     present: list[str] = []
-    for label in _SAMPLING_ORDER:
+    for label in (*_SAMPLING_ORDER, *(label for label in PATHOLOGIES if label not in _SAMPLING_ORDER)):
         p = config.prevalence.get(label, 0.0)
         odds_boost = 1.0
         for given in present:
@@ -63,7 +63,7 @@ def complete_finding(rng: np.random.Generator, finding: Finding, config: Phantom
         else:
             side = "right" if rng.uniform() < 0.5 else "left"
     if label in ZONED_FINDINGS and zone is None:
-        zone = ZONES[int(rng.choice(3, p=_ZONE_WEIGHTS[label]))]
+        zone = ZONES[int(rng.choice(3, p=_ZONE_WEIGHTS.get(label, (1 / 3, 1 / 3, 1 / 3))))]
     if size is None:
         size = SIZES[int(rng.choice(3, p=_SIZE_WEIGHTS.get(label, _DEFAULT_SIZE_WEIGHTS)))]
     return Finding(label=label, side=side, zone=zone, size=size)
