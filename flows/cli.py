@@ -232,12 +232,50 @@ def datasets_list(root: Optional[str] = RootOption, profile: str = ProfileOption
         console.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
     table = Table("dataset", "versions", "latest", "samples", "accepted")
+    damaged = False
     for name in names:
         versions = storage.list_versions(root, name)
-        latest = storage.open_dataset(root, name, versions[-1])
-        summary = latest.summary()
+        try:
+            summary = storage.open_dataset(root, name, versions[-1]).summary()
+        except storage.StorageError as error:  # one damaged version: list the rest, mark this one
+            damaged = True
+            table.add_row(name, ", ".join(versions), versions[-1], "DAMAGED", str(error))
+            continue
         table.add_row(name, ", ".join(versions), versions[-1], str(summary["n_samples"]), str(summary["accepted"]))
     console.print(table if names else f"no published datasets under {root}")
+    if damaged:
+        raise typer.Exit(1)
+
+
+@datasets_app.command("verify")
+def datasets_verify(
+    name: str = typer.Argument(..., help="NAME or NAME@VERSION (default version: latest)"),
+    root: Optional[str] = RootOption,
+    profile: str = ProfileOption,
+    sample: Optional[int] = typer.Option(None, "--sample", help="check a seeded sample of this many (default: every sample)"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Re-hash every sample's stored arrays against its manifest checksums (masks must hold 0 and 1); exit 1
+    naming the damaged samples and files."""
+    import storage
+    from tqdm import tqdm
+
+    root = root or _config(profile, None, None).storage.root
+    dataset, _, version = name.partition("@")
+    try:
+        ds = storage.open_dataset(root, dataset, version or "latest")
+        with tqdm(total=min(sample or len(ds), len(ds)), desc=f"verify {ds.name}/{ds.version}", unit="sample") as bar:
+            report = ds.verify(sample=sample, seed=seed, progress=bar.update)
+    except storage.StorageError as error:
+        console.print(str(error), style="red", markup=False)
+        raise typer.Exit(1) from None
+    if report.ok:
+        console.print(f"[green]{ds.name}/{ds.version}: {report.checked} samples verified[/green]")
+        return
+    for line in report.problems:
+        console.print(line, style="red", markup=False)
+    console.print(f"{ds.name}/{ds.version}: {len(report.problems)} problems in {report.checked} samples checked", style="red")
+    raise typer.Exit(1)
 
 
 @datasets_app.command("show")

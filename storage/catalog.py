@@ -103,4 +103,12 @@ def create_entry(root: Root, dataset: str, version: str, entry: dict[str, Any]) 
 
 
 def read_entry(root: Root, dataset: str, version: str) -> dict[str, Any]:
-    return json.loads(root.read_bytes(root.path(dataset, CATALOG_DIR, version + _ENTRY_SUFFIX)))
+    """A version's catalog entry; a damaged one is a StorageError naming the file."""
+    path = root.path(dataset, CATALOG_DIR, version + _ENTRY_SUFFIX)
+    try:
+        entry = json.loads(root.read_bytes(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise StorageError(f"catalog entry {root.url_of(path)} is damaged (not JSON: {error})") from None
+    if not isinstance(entry, dict):
+        raise StorageError(f"catalog entry {root.url_of(path)} is damaged (a {type(entry).__name__}, not a mapping)")
+    return entry

@@ -29,7 +29,8 @@ def read_part(root: Root, version_dir: str, shard: int, n_shards: int, expected_
     where = root.url_of(path)
     data = root.read_bytes(path)
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
-        raise StorageError(f"manifest part {where} does not match the checksum in the shard ledger")
+        raise StorageError(f"manifest part {where} does not match the checksum recorded when it was written: it was "
+                           "changed or damaged since")
     try:
         table = pq.read_table(pa.BufferReader(data))
     except (pa.ArrowInvalid, OSError) as error:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import zarr
 
 from storage.arrays import ARRAY_NAMES, array_dir
-from storage.catalog import resolve_version
+from storage.catalog import read_entry, resolve_version
 from storage.errors import StorageError
 from storage.layout import VERSION_FILE, Root, check_name
 from storage.manifest import manifest_counts, read_parts
@@ -54,7 +54,11 @@ class DatasetVersion:
             n_shards = int(self.lineage["n_shards"])
         except (KeyError, TypeError, ValueError):
             raise StorageError(f"{self.path}/{VERSION_FILE} has no valid n_shards") from None
-        self.manifest: pa.Table = read_parts(root, self._dir, range(n_shards), n_shards)
+        # Cheap checks at every open: each manifest part against the checksum version.json recorded for it,
+        # the counts against the catalog entry. (`verify()` re-hashes every sample's arrays.)
+        part_sha = {int(s["shard"]): s["manifest_sha256"] for s in self.lineage.get("shards", []) if "manifest_sha256" in s}
+        self.manifest: pa.Table = read_parts(root, self._dir, range(n_shards), n_shards, part_sha)
+        self._check_counts()
         self._arrays = open_version_arrays(root, self._dir)
         for name, array in self._arrays.items():
             if array.shape[0] != self.manifest.num_rows:
@@ -62,6 +66,33 @@ class DatasetVersion:
                     f"{name}.zarr in {self.path} has {array.shape[0]} samples but the manifest has "
                     f"{self.manifest.num_rows} rows"
                 )
+
+    def _check_counts(self) -> None:
+        entry = read_entry(self.root, self.name, self.version)
+        accepted = int(pc.sum(self.manifest.column("accepted")).as_py() or 0)
+        for what, recorded, found in (("samples", entry.get("n_samples"), self.manifest.num_rows),
+                                      ("accepted samples", entry.get("accepted"), accepted)):
+            if recorded is not None and int(recorded) != found:
+                raise StorageError(f"{self.path}: the manifest holds {found} {what}, its catalog entry says {recorded}: "
+                                   "the manifest was changed after publishing (`aurad datasets verify` checks every sample)")
+
+    def verify(self, sample: int | None = None, seed: int = 0, progress=None):
+        """Re-hash every sample's arrays (or a seeded `sample` of them) against the manifest (`storage.verify`)."""
+        from storage.verify import verify_version
+
+        return verify_version(self, sample, seed, progress)
+
+    def read_sample(self, index: int, verify: bool = False) -> dict[str, np.ndarray]:
+        """One sample's stored arrays {image (H, W) uint16, masks (C, H, W), anatomy (A, H, W)}; with `verify`,
+        checked against its manifest checksums (a StorageError names the sample and the file)."""
+        from storage.verify import sample_problems
+
+        image, masks, anatomy = (np.asarray(a[index]) for a in (self.images, self.masks, self.anatomy))
+        if verify:
+            problems = sample_problems(self, index, image, masks, anatomy)
+            if problems:
+                raise StorageError("; ".join(problems))
+        return {"image": image, "masks": masks, "anatomy": anatomy}
 
     def __reduce__(self):
         return (DatasetVersion, (self.root, self.name, self.version))
@@ -133,10 +164,11 @@ class DatasetVersion:
                 keep &= has
         return np.flatnonzero(keep)
 
-    def torch_dataset(self, indices: Any = None, accepted_only: bool = True) -> torch.utils.data.Dataset:
+    def torch_dataset(self, indices: Any = None, accepted_only: bool = True, verify: bool = False) -> torch.utils.data.Dataset:
         """A map-style torch Dataset of dicts {image (1,H,W), masks (C,H,W), anatomy (A,H,W): float32 in
         [0, 1], index, sample_id}. With no indices: every sample (accepted ones if accepted_only);
-        given indices are used as they are. Picklable, for DataLoader workers."""
+        given indices are used as they are. With `verify`, each item is checked against its manifest
+        checksums as it is read. Picklable, for DataLoader workers."""
         from storage.torch_data import VersionTorchDataset
 
         if indices is None:
@@ -145,8 +177,9 @@ class DatasetVersion:
             chosen = np.asarray(indices, dtype=np.int64).reshape(-1)
             if chosen.size and (chosen.min() < 0 or chosen.max() >= len(self)):
                 raise StorageError(f"indices out of range for {self.path} with {len(self)} samples")
-        ids = self.manifest.column("sample_id").to_numpy(zero_copy_only=False)[chosen].tolist()
-        return VersionTorchDataset(self.root, self.name, self.version, chosen, ids)
+        column = lambda name: self.manifest.column(name).to_numpy(zero_copy_only=False)[chosen].tolist()  # noqa: E731
+        checksums = (column("image_sha256"), column("masks_sha256")) if verify else None
+        return VersionTorchDataset(self.root, self.name, self.version, chosen, column("sample_id"), checksums)
 
     def summary(self) -> dict[str, Any]:
         """Counts and lineage highlights (every scalar entry of version.json) for `aurad datasets show`."""

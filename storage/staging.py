@@ -35,6 +35,7 @@ from zarr.errors import ZarrUserWarning
 from storage import catalog
 from storage.arrays import ARRAY_NAMES, MASK_DTYPE, ArraySpec, array_dir, array_layouts
 from storage.errors import StorageError
+from storage.verify import image_sha256, masks_sha256
 from storage.layout import (
     LEDGER_DIR,
     MANIFEST_DIR,
@@ -129,15 +130,9 @@ def _check_mask(name: str, value: Any, shape: tuple[int, ...], where: str) -> np
 
 
 def _checksums(images: np.ndarray, pathology: np.ndarray, anatomy: np.ndarray) -> tuple[list[str], list[str]]:
-    """Per sample: sha256 of the image bytes (little-endian uint16), and of pathology then anatomy bytes."""
-    images = images.astype("<u2", copy=False)
-    image_sha, masks_sha = [], []
-    for i in range(images.shape[0]):
-        image_sha.append(hashlib.sha256(images[i]).hexdigest())
-        h = hashlib.sha256(pathology[i])
-        h.update(anatomy[i])
-        masks_sha.append(h.hexdigest())
-    return image_sha, masks_sha
+    """Per sample: the checksums `storage.verify` checks (image bytes; pathology then anatomy bytes)."""
+    return ([image_sha256(images[i]) for i in range(images.shape[0])],
+            [masks_sha256(pathology[i], anatomy[i]) for i in range(images.shape[0])])
 
 
 def _combined(digests: list[str]) -> str:

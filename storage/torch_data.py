@@ -15,12 +15,14 @@ from storage.layout import Root
 class VersionTorchDataset(Dataset):
     """Samples of one version as float32 tensors; opens its arrays lazily, once per worker process."""
 
-    def __init__(self, root: Root, dataset: str, version: str, indices: np.ndarray, sample_ids: list[str]) -> None:
+    def __init__(self, root: Root, dataset: str, version: str, indices: np.ndarray, sample_ids: list[str],
+                 checksums: tuple[list[str], list[str]] | None = None) -> None:
         self.root = root
         self.dataset = dataset
         self.version = version
         self.indices = np.asarray(indices, dtype=np.int64)
         self.sample_ids = list(sample_ids)
+        self.checksums = checksums  # (image_sha256, masks_sha256) per item: every read is verified
         self._arrays: dict[str, Any] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -39,11 +41,21 @@ class VersionTorchDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         arrays = self._open()
         index = int(self.indices[i])
-        image = stored_to_unit(np.asarray(arrays["images"][index]))[None]
+        stored, masks, anatomy = (np.asarray(arrays[name][index]) for name in ("images", "masks", "anatomy"))
+        if self.checksums is not None:
+            from storage.errors import StorageError
+            from storage.verify import image_sha256, masks_sha256
+
+            image_ok = image_sha256(stored) == self.checksums[0][i]
+            masks_ok = masks_sha256(masks, anatomy) == self.checksums[1][i]
+            if not (image_ok and masks_ok):
+                damaged = "images.zarr" if not image_ok else "masks.zarr / anatomy.zarr"
+                raise StorageError(f"sample {self.sample_ids[i]} (index {index}) of {self.dataset}/{self.version}: "
+                                   f"{damaged} bytes do not match the manifest's checksum")
         return {
-            "image": torch.from_numpy(image),
-            "masks": torch.from_numpy(np.asarray(arrays["masks"][index], dtype=np.float32)),
-            "anatomy": torch.from_numpy(np.asarray(arrays["anatomy"][index], dtype=np.float32)),
+            "image": torch.from_numpy(stored_to_unit(stored)[None]),
+            "masks": torch.from_numpy(masks.astype(np.float32)),
+            "anatomy": torch.from_numpy(anatomy.astype(np.float32)),
             "index": index,
             "sample_id": self.sample_ids[i],
         }

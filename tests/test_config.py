@@ -79,3 +79,29 @@ def test_every_configuration_model_forbids_unknown_keys_and_suggests_the_closest
     assert lenient == []
     with pytest.raises(ConfigError, match=r"build\.quality\.min_acceptence_rate: .*did you mean 'min_acceptance_rate'"):
         load_config("demo", ["build.quality.min_acceptence_rate=1.0"])
+
+
+def test_datasets_verify_and_list_name_the_damage(tmp_path):
+    """`aurad datasets verify` exits 1 naming the damaged sample and file; `datasets list` still lists the
+    other datasets and marks the damaged one."""
+    import numpy as np
+    import zarr
+    from typer.testing import CliRunner
+
+    from bench.world import write_phantom_version
+    from flows.cli import app
+
+    write_phantom_version(tmp_path, {"train": 8}, 64, shard_size=8)
+    write_phantom_version(tmp_path, {"train": 4}, 64, dataset="other", shard_size=4)
+    runner = CliRunner()
+    ok = runner.invoke(app, ["datasets", "verify", "phantom", "-r", str(tmp_path)])
+    assert ok.exit_code == 0 and "8 samples verified" in ok.output
+    images = zarr.open_array(str(tmp_path / "phantom" / "v0001" / "images.zarr"), mode="r+")
+    damaged = np.asarray(images[2]).copy()
+    damaged[0, 0] += 1
+    images[2] = damaged
+    bad = runner.invoke(app, ["datasets", "verify", "phantom@v0001", "-r", str(tmp_path)])
+    assert bad.exit_code == 1 and "phantom-000002 (index 2)" in bad.output and "images.zarr" in bad.output
+    (tmp_path / "phantom" / "catalog" / "v0001.json").write_text("[]")
+    listing = runner.invoke(app, ["datasets", "list", "-r", str(tmp_path)])
+    assert listing.exit_code == 1 and "DAMAGED" in listing.output and "other" in listing.output

@@ -625,8 +625,14 @@ def test_manifest_with_wrong_schema_is_refused_on_read(tmp_path):
     table = pq.read_table(part)
     table = table.set_column(table.schema.get_field_index("seed"), "seed", table.column("seed").cast(pa.string()))
     pq.write_table(table, part)
+    with pytest.raises(StorageError, match=r"part-00001-of-00002.parquet does not match the checksum"):
+        open_dataset(tmp_path, "ds")  # at open, the part's recorded checksum catches it first
+    from storage.layout import Root
+    from storage.manifest import read_parts
+
     with pytest.raises(StorageError, match=r"part-00001-of-00002.parquet.*column 'seed' has type string"):
-        open_dataset(tmp_path, "ds")
+        root = Root(tmp_path)
+        read_parts(root, root.path("ds", "v0001"), range(2), 2)  # without a checksum, the schema check does
 
 
 def test_missing_manifest_part_is_refused_on_read(tmp_path):
@@ -703,3 +709,58 @@ def test_root_may_be_a_string_path(tmp_path):
     assert build(str(tmp_path), n=4, shard_size=4) == "v0001"
     assert list_versions(str(tmp_path), "ds") == ["v0001"]
     assert os.path.isdir(open_dataset(str(tmp_path), "ds").path)
+
+
+# --- damage to a published version ------------------------------------------------------------------
+
+
+def _published_copy(tmp_path):
+    from bench.world import write_phantom_version
+
+    write_phantom_version(tmp_path, {"train": 12}, 64, shard_size=6)
+    return tmp_path
+
+
+def test_a_flipped_byte_in_an_array_chunk_is_found_naming_the_sample_and_the_file(tmp_path):
+    import zarr
+
+    root = _published_copy(tmp_path)
+    version = open_dataset(root, "phantom")
+    assert version.verify().ok and version.verify().checked == 12
+    images = zarr.open_array(str(tmp_path / "phantom" / "v0001" / "images.zarr"), mode="r+")
+    damaged = np.asarray(images[3]).copy()
+    damaged[10, 10] ^= 0x0101
+    images[3] = damaged
+    masks = zarr.open_array(str(tmp_path / "phantom" / "v0001" / "masks.zarr"), mode="r+")
+    bad = np.asarray(masks[7]).copy()
+    bad[0, 0, 0] = 255
+    masks[7] = bad
+    report = open_dataset(root, "phantom").verify()
+    assert not report.ok
+    text = "\n".join(report.problems)
+    assert "sample phantom-000003 (index 3)" in text and "images.zarr" in text
+    assert "sample phantom-000007 (index 7)" in text and "masks.zarr holds values [255] besides 0 and 1" in text
+    with pytest.raises(StorageError, match=r"phantom-000003 .*images.zarr"):
+        open_dataset(root, "phantom").read_sample(3, verify=True)
+    with pytest.raises(StorageError, match="phantom-000003"):
+        open_dataset(root, "phantom").torch_dataset(verify=True)[3]
+    assert open_dataset(root, "phantom").torch_dataset()[3]["image"].shape == (1, 64, 64)  # unverified reads still read
+
+
+def test_a_rewritten_manifest_part_or_a_damaged_catalog_entry_fails_at_open(tmp_path):
+    import pyarrow.parquet as pq
+
+    root = _published_copy(tmp_path)
+    part = next((tmp_path / "phantom" / "v0001" / "manifest").glob("part-00000-*.parquet"))
+    original = part.read_bytes()
+    table = pq.read_table(part)
+    pq.write_table(table.set_column(table.schema.get_field_index("accepted"), "accepted",
+                                    pa.array([False] * table.num_rows)), part)
+    with pytest.raises(StorageError, match=r"part-00000-of-00002.parquet does not match the checksum recorded when it was written"):
+        open_dataset(root, "phantom")
+    part.write_bytes(original)
+    assert open_dataset(root, "phantom").verify().ok
+    entry = tmp_path / "phantom" / "catalog" / "v0001.json"
+    entry.write_text("{not json")
+    with pytest.raises(StorageError, match=r"catalog entry .*v0001.json is damaged"):
+        open_dataset(root, "phantom")
