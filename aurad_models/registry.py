@@ -24,6 +24,7 @@ from aurad_models.serialization import read_json, weights_sha256, write_json
 
 RECORD_NAME = "record.json"
 _KIND = re.compile(r"^[a-z][a-z0-9-]*$")
+_ID = re.compile(r"^[a-z][a-z0-9-]*-[0-9a-f]{12}$")
 
 
 class RegistryError(LookupError):
@@ -132,6 +133,9 @@ def resolve_model(root: str | Path, kind: str, reference: str = "latest", verify
             raise RegistryError(f"no {kind} models registered under {models_root(root) / kind}")
         record = records[-1]
     else:
+        if not _ID.match(reference) or not reference.startswith(f"{kind}-"):
+            raise RegistryError(f"{reference!r} is not a {kind} model id (ids look like '{kind}-<12 hex digits>', "
+                                "or use 'latest'); `aurad models list` shows the registered ones")
         folder = models_root(root) / kind / reference
         if not (folder / RECORD_NAME).is_file():
             known = ", ".join(r.id for r in list_models(root, kind)) or "none"

@@ -39,6 +39,9 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 _MAX_NAME_LENGTH = 128
 
 
+RESERVED_NAMES = frozenset({"models", "runs", "training"})
+
+
 def check_name(name: object, what: str) -> str:
     """A dataset, version or build name that is safe as one path component, else StorageError.
 
@@ -52,6 +55,9 @@ def check_name(name: object, what: str) -> str:
             f"unsafe {what} name {name!r}: use only letters, digits, '.', '_', '-' (at most "
             f"{_MAX_NAME_LENGTH}), not starting with '.' or '_'"
         )
+    if what == "dataset" and name in RESERVED_NAMES:
+        raise StorageError(f"{name!r} cannot name a dataset: the storage root keeps its {', '.join(sorted(RESERVED_NAMES))} "
+                           "folders under those names (the model registry, the run ledger, training runs)")
     return name
 
 

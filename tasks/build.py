@@ -12,10 +12,10 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aurad_models.anatomy_rules import cardiothoracic_ratio
 from aurad_models.experts import ANATOMY_SEGMENTER_KIND, LESION_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, ExpertChoice, resolve_choice
@@ -57,7 +57,15 @@ class QuotaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     accepted: int | None = Field(None, ge=0, description="accepted samples wanted overall")
-    per_finding: dict[str, int] = Field(default_factory=dict, description="accepted samples wanted per finding")
+    per_finding: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict, description="accepted samples wanted per finding")
+
+    @field_validator("per_finding")
+    @classmethod
+    def _known_findings(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(PATHOLOGIES))
+        if unknown:
+            raise ValueError(f"unknown findings {unknown}; known: {', '.join(PATHOLOGIES)}")
+        return value
     required: bool = Field(False, description="fail the build (publish nothing) when a quota is missed")
 
 
@@ -96,7 +104,8 @@ class BuildConfig(BaseModel):
         3, ge=0, description="after max_tries rejections, the slot's prompt is drawn again with the same findings and "
         "new attributes (side, zone, size), up to this many times; a slot still rejected then is kept as rejected")
     quotas: QuotaConfig = Field(default_factory=QuotaConfig)
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="'auto' (cuda if available), 'cpu', 'cuda' (every visible GPU), 'cuda:1' (that one)")
     task_runner: Literal["threads", "dask"] = "threads"
     workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
     cpu_threads: int | None = Field(
@@ -108,6 +117,17 @@ class BuildConfig(BaseModel):
         None, description="a Prefect global concurrency limit each shard task holds one slot of while it runs (caps "
         "GPU shards across machines; create it first: `prefect gcl create gpu --limit N`). None: no limit; a machine "
         "still runs one shard per GPU (tasks/devices.py)")
+
+    @field_validator("dataset", "source_dataset", "anatomy_bank")
+    @classmethod
+    def _dataset_name(cls, value: str) -> str:
+        from storage import StorageError
+        from storage.layout import check_name
+
+        try:
+            return check_name(value, "dataset")
+        except StorageError as error:
+            raise ValueError(str(error)) from None
 
 
 @dataclass(frozen=True)

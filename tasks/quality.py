@@ -17,7 +17,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from aurad_models.anatomy_rules import allowed_region, heart_components, inside_fraction
 from aurad_models.findings import Finding
@@ -42,6 +42,13 @@ class QualityConfig(BaseModel):
     image_std_range: tuple[float, float] = Field((0.02, 0.45), description="per-image intensity standard deviation")
     image_mostly: float = Field(0.95, ge=0, le=1, description="share of images that must be in the intensity ranges")
     min_acceptance_rate: float = Field(0.2, ge=0, le=1, description="least share of samples the expert filter accepts")
+    @model_validator(mode="after")
+    def _ranges(self) -> "QualityConfig":
+        for name, value in self:
+            if name.endswith("_range") and value[0] > value[1]:
+                raise ValueError(f"{name} must be (low, high) with low <= high, got {value}")
+        return self
+
     min_class_coverage: float = Field(
         0.8, ge=0, le=1, description="each prompted finding's share among the *accepted* samples must reach this "
         "multiple of its target share (0: off); a class the filter lets collapse fails the build")

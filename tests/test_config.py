@@ -105,3 +105,24 @@ def test_datasets_verify_and_list_name_the_damage(tmp_path):
     (tmp_path / "phantom" / "catalog" / "v0001.json").write_text("[]")
     listing = runner.invoke(app, ["datasets", "list", "-r", str(tmp_path)])
     assert listing.exit_code == 1 and "DAMAGED" in listing.output and "other" in listing.output
+
+
+@pytest.mark.parametrize("override, message", [
+    ("build.device=quantum", r"build\.device"),
+    ("build.quotas.per_finding={nodul: 3}", r"unknown findings \['nodul'\]"),
+    ("build.quotas.per_finding={nodule: -3}", r"per_finding\.nodule"),
+    ("build.quality.lung_area_range=[0.5, 0.1]", r"lung_area_range must be \(low, high\)"),
+    ("build.dataset=models", r"'models' cannot name a dataset"),
+    ("build.mask_sampling.class_thresholds={nodul: 0.2}", r"unknown findings \['nodul'\]"),
+])
+def test_settings_that_would_fail_later_fail_at_load_time(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_registry_references_are_ids_of_their_kind():
+    from aurad_models.registry import RegistryError, resolve_model
+
+    for reference in ("../../x", "image-generator-0123456789ab", "mask-generator-XYZ"):
+        with pytest.raises(RegistryError, match="is not a mask-generator model id"):
+            resolve_model("/nonexistent", "mask-generator", reference)
