@@ -256,7 +256,7 @@ class ImageGenerator(nn.Module):
         # 4. Denoise; the unconditional branch (for guidance) has every mask dropped.
         null_masks, null_flags = torch.zeros_like(masks), torch.zeros_like(flags)
         network = self._sampling_network(sampling)
-        with autocast(masks.device, sampling.mixed_precision):
+        with autocast(masks.device, sampling.mixed_precision, on_cpu=True):
             x = denoise(
                 lambda x_t, t: self._predict(x_t, t, masks, flags, network),
                 x, scheduler, sampling.num_inference_steps, seeds,

@@ -320,7 +320,7 @@ class MaskGenerator(nn.Module):
         conditional = self.prompt_encoder(prompts, anatomy)
         unconditional = self.prompt_encoder([None] * len(prompts), anatomy)
         network = sampling_network(self.unet, sampling.channels_last, sampling.compile, self._compiled)
-        with autocast(anatomy.device, sampling.mixed_precision):
+        with autocast(anatomy.device, sampling.mixed_precision, on_cpu=True):
             x = denoise(
                 lambda x_t, t: self._predict(x_t, t, anatomy, conditional, network),
                 x, scheduler, sampling.num_inference_steps, seeds,

@@ -147,6 +147,9 @@ class FidelityCheck(BaseModel):
                                    "mask; None: the value the expert calibrated on real validation images")
     check_absent: bool = Field(True, description="reject when a finding that was not prompted shows up larger than on "
                                "real images without it (the calibrated area)")
+    absent_min_pixels: float = Field(12.0, ge=0, description="an absent finding's re-segmented area below this is never "
+                                     "held against a sample (pixels at the expert's size: real negatives are mostly 0, "
+                                     "so the calibrated area alone would reject a single stray pixel)")
 
     def voting(self, calibration: dict[str, dict[str, Any]]) -> frozenset[str]:
         return frozenset(label for label, c in calibration.items() if (c.get("dice") or 0.0) >= self.min_expert_dice)
@@ -393,7 +396,8 @@ def vote_fidelity(
         else:
             pixels = float(found.sum()) * pixel_scale
             scores[f"fidelity_pixels.{label}"] = pixels
-            limit = calibration.get(label, {}).get("max_absent_pixels")
+            calibrated = calibration.get(label, {}).get("max_absent_pixels")
+            limit = None if calibrated is None else max(calibrated, check.absent_min_pixels)
             if check.check_absent and label in voting and limit is not None and pixels > limit:
                 problems.append(f"{label} not prompted but shows ({pixels:.0f} px re-segmented > {limit:.0f} on real images)")
     if total:

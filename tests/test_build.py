@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
+from aurad_models.diffusion import cpu_has_bf16
 from bench.world import make_build_world, tiny_build_config
 from aurad_models.vocabulary import PATHOLOGIES
 from storage import list_datasets, list_versions, open_dataset
@@ -112,8 +113,11 @@ def test_same_config_and_seed_give_the_same_dataset_and_a_sample_regenerates_fro
     i = int(np.flatnonzero(a["accepted"].to_numpy())[0])
     image, pathology = regenerate_sample(version, i)
     stored = np.asarray(version.images[i]).astype(np.int64)
-    # Alone rather than in its shard's batch: float summation order differs, so a few 16-bit levels at most.
-    assert np.abs(image.astype(np.int64) - stored).max() <= 64 and np.array_equal(pathology, np.asarray(version.masks[i]))
+    # Alone rather than in its shard's batch the kernels sum in another order: in bf16 (the CPU default where the
+    # CPU computes it natively) that moves pixels by up to ~2% of the range, in float32 by a few 16-bit levels.
+    tolerance = 64 if cpu_has_bf16() is False else 0.02 * 65535
+    assert np.abs(image.astype(np.int64) - stored).max() <= tolerance
+    assert (pathology != np.asarray(version.masks[i])).mean() < 0.002  # masks: a boundary pixel at most
     other = int(np.flatnonzero(a["seed"].to_numpy() != a["seed"].iloc[i])[0])
     assert np.abs(stored - np.asarray(version.images[other]).astype(np.int64)).max() > 1000  # a real check
 

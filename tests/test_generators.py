@@ -409,7 +409,7 @@ def test_channels_last_sampling_matches_contiguous(toy, mask_model, image_model)
     """The memory format is a speed setting only: same samples up to float rounding, weights unchanged."""
     _, anatomy, pathology, findings = toy
     weights = {k: v.clone() for k, v in image_model.unet.state_dict().items()}
-    contiguous, nhwc_image = ({"channels_last": flag} for flag in (False, True))
+    contiguous, nhwc_image = ({"channels_last": flag, "mixed_precision": "no"} for flag in (False, True))  # fp32: exact
     plain = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update=contiguous))
     nhwc = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update=nhwc_image))
     np.testing.assert_allclose(nhwc.images, plain.images, atol=1e-4)
@@ -419,6 +419,8 @@ def test_channels_last_sampling_matches_contiguous(toy, mask_model, image_model)
     plain_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK.model_copy(update=contiguous))
     nhwc_masks = mask_model.sample(anatomy[:3], findings[:3], [1, 2, 3], FAST_MASK.model_copy(update=nhwc_image))
     np.testing.assert_allclose(nhwc_masks.soft, plain_masks.soft, atol=1e-4)
+    bf16 = image_model.sample(anatomy[:3], pathology[:3], [4, 5, 6], FAST_IMAGE.model_copy(update={"mixed_precision": "bf16"}))
+    np.testing.assert_allclose(bf16.images, plain.images, atol=0.05)  # bf16 (on CPUs with native bf16): close, not exact
     image_model.sample(anatomy[:1], pathology[:1], [4], FAST_IMAGE.model_copy(update=contiguous))  # back again
     assert all(p.is_contiguous() for p in image_model.unet.parameters())
 
