@@ -9,12 +9,15 @@ duplicated) and finds a build that is already published instead of making it twi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.futures import as_completed
 from tqdm import tqdm
 
 from flows.runners import shard_task_runner
-from tasks.build import BuildConfig, BuildResult, ShardContext, ShardPlan, run_build
+from tasks.build import BuildConfig, BuildResult, ShardContext, ShardPlan, build_summary_markdown, run_build
 from tasks.generate import ShardReport, generate_shard, generate_shard_task
 
 
@@ -50,7 +53,15 @@ def generate_shards_with_prefect(context: ShardContext, plans: list[ShardPlan]) 
 
 @flow(name="aurad-build")
 def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult:
-    """Build and publish one dataset version (see the module docstring)."""
-    return run_build(params, generate_shards_with_prefect, get_run_logger())
+    """Build and publish one dataset version (see the module docstring); the Prefect UI gets a summary and
+    a link to the report as artifacts, keyed per dataset so its versions line up."""
+    result = run_build(params, generate_shards_with_prefect, get_run_logger())
+    key = f"build-{params.dataset}".lower().replace("_", "-").replace(".", "-")
+    create_markdown_artifact(build_summary_markdown(params.root, result.dataset, result.version), key=key,
+                             description=f"{result.dataset}/{result.version}: what the build made")
+    link = result.report if "://" in result.report else Path(result.report).resolve().as_uri()
+    create_link_artifact(link, link_text=f"{result.dataset}/{result.version} report", key=f"{key}-report",
+                         description="the version's HTML report")
+    return result
 
 

@@ -26,6 +26,19 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 console = Console()
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import version
+
+        console.print(f"aurad {version('aurad')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")) -> None:
+    """AURAD: synthetic chest X-rays with pathology masks, built by Prefect flows."""
+
+
 ProfileOption = typer.Option("demo", "--profile", "-p", help="a profile name in configs/ or a YAML file")
 SetOption = typer.Option(None, "--set", "-s", help="override a setting: section.key=value (repeatable)")
 RootOption = typer.Option(None, "--root", "-r", help="storage root (default: the profile's storage.root)")

@@ -490,3 +490,26 @@ def _existing_result(root: str, dataset: str, version: str, build_id: str) -> Bu
         report=f"{ds.path}/quality/report.html",
         already_published=True,
     )
+
+
+def build_summary_markdown(root: str, dataset: str, version: str) -> str:
+    """The build at a glance, for the Prefect UI: accepted samples per finding against the targets (a finding
+    no accepted sample holds is flagged), acceptance per expert, tries, gates."""
+    ds = open_dataset(root, dataset, version)
+    build = json.loads(ds.root.read_bytes(f"{ds.root.path(dataset, version)}/quality/build.json"))
+    gates = json.loads(ds.root.read_bytes(f"{ds.root.path(dataset, version)}/quality/gates.json"))
+    acceptance = build["acceptance"]
+    lines = [f"# {dataset}/{version}", "",
+             f"**{acceptance['accepted']} of {acceptance['n']} samples accepted** ({acceptance['rate']:.0%}); "
+             f"build `{ds.lineage.get('build_id')}`, models `{ds.lineage.get('models', {}).get('mask_generator', {}).get('id')}` + "
+             f"`{ds.lineage.get('models', {}).get('image_generator', {}).get('id')}`.", "",
+             "| finding | target share | accepted share | accepted samples | prompted samples |", "|---|---|---|---|---|"]
+    for row in build["frequencies"]:
+        flag = " **(none accepted)**" if row.get("target") and not row.get("accepted") else ""
+        lines.append(f"| {row['label']}{flag} | {row['target']:.3f} | {row['produced']:.3f} | {row.get('accepted', '')} | "
+                     f"{row.get('prompted', '')} |")
+    lines += ["", "| expert | pass rate |", "|---|---|"]
+    lines += [f"| {name} | {rate:.0%} |" for name, rate in acceptance["per_expert"].items()]
+    lines += ["", "Tries per sample: " + ", ".join(f"{k}: {v}" for k, v in acceptance["tries"].items()), "",
+              "Gates: " + ", ".join(f"{g['gate']} {'passed' if g['success'] else 'FAILED'}" for g in gates)]
+    return "\n".join(lines)

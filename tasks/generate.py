@@ -112,6 +112,7 @@ def generate_shard_on_device(context: ShardContext, plan: ShardPlan) -> ShardRep
     from tasks.quality import raise_on_failure
 
     staged, models, reference, config = context.staged, context.models, context.reference, context.config
+    progress = _run_logger()
 
     seconds: dict[str, float] = {}
     began = tick = time.perf_counter()
@@ -157,8 +158,8 @@ def generate_shard_on_device(context: ShardContext, plan: ShardPlan) -> ShardRep
             slots[i].result = results[j]
         attempt += 1
         todo = [i for i in todo if not slots[i].result.accepted and attempt < plan.attempts(i, config.max_tries)]
-        logger.info("shard %d: try %d, %d of %d samples accepted so far", plan.shard, attempt,
-                    sum(s.result.accepted for s in slots if s.result is not None), n)
+        progress.info("shard %05d: try %d done, %d of %d samples accepted (%.0f s)", plan.shard, attempt,
+                      sum(s.result.accepted for s in slots if s.result is not None), n, time.perf_counter() - began)
 
     # 3. Gates on the samples the filter passed on (rejected ones are stored with their reasons and count
     #    against the build's acceptance floor instead). No accepted sample: nothing to check here.
@@ -243,6 +244,17 @@ def _manifest_row(config: BuildConfig, plan: ShardPlan, i: int, slot: _Slot, ban
         "metadata": {"tries": str(len(slot.seeds)), "first_prompt": render_prompt(plan.prompts[i]),
                      "attempt_prompts": json.dumps([render_prompt(p) for p in slot.prompts])},
     }
+
+
+def _run_logger() -> Any:
+    """Prefect's run logger inside a task (its lines reach the UI), else this module's logger."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
 
 
 def _json_dumps(data: Any) -> str:

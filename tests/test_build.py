@@ -291,3 +291,25 @@ def test_shard_tasks_hold_a_named_gpu_concurrency_limit_and_a_missing_one_is_a_c
         limit = client.read_global_concurrency_limit_by_name("aurad-test-gpu")
     assert result.generated_shards and published_versions(root, "synthetic") == [result.version]
     assert limit.active_slots == 0  # every shard gave its slot back
+
+
+def test_the_prefect_ui_gets_a_summary_artifact_a_report_link_and_named_shard_tasks(published):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    root, result = published
+
+    async def read():
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["build-synthetic", "build-synthetic-report"])))
+            task_runs = await client.read_task_runs()
+        return artifacts, task_runs
+
+    artifacts, task_runs = asyncio.run(read())
+    by_key = {a.key: a for a in artifacts}
+    summary = by_key["build-synthetic"].data
+    assert f"{result.dataset}/{result.version}" in summary and "samples accepted" in summary and "| nodule" in summary
+    assert "(file:///" in by_key["build-synthetic-report"].data and by_key["build-synthetic-report"].data.endswith("report.html)")
+    assert {"shard-00000", "shard-00001", "shard-00002"} <= {run.name for run in task_runs}
