@@ -15,7 +15,7 @@ def test_profiles_extend_each_other_and_keep_what_they_do_not_change():
     demo, quality, production = load_config("demo"), load_config("quality"), load_config("production")
     assert quality.source.phantom.size == demo.source.phantom.size == 64  # inherited from demo
     assert quality.train == demo.train and quality.experts == demo.experts  # the demo's (shipped) models
-    assert quality.build.n_samples == 1000 != demo.build.n_samples and quality.evaluate.evaluate.tasks == ("segmentation", "detection")
+    assert quality.build == demo.build and quality.evaluate.evaluate.tasks == ("segmentation", "detection")
     assert production.train.mask_generator.image_size == 256 and production.train.mask_training.device == "cuda"
     assert production.build.n_samples == 2000 and production.evaluate.evaluate.tasks == ("segmentation", "detection")  # from quality
     assert demo.build.mask_sampling.scheduler == "dpm-solver++" and demo.build.mask_sampling.restrict_to_region

@@ -375,7 +375,7 @@ def test_evaluate_profiles_load_and_round_trip_through_yaml():
     assert demo.tasks == ("segmentation",) and demo.real_fractions == (0.05, 0.10) and demo.synthetic_only
     assert demo.seeds == 8 and demo.oracle and demo.full_real_seeds >= 1  # power, the oracle and the ceiling
     assert quality.tasks == ("segmentation", "detection") and quality.seeds == 8
-    assert quality.segmentation.max_steps == 2500 and quality.real_fractions == (0.05, 0.10, 0.25)
+    assert quality.segmentation.max_steps == 2000 and quality.segmentation.channels == (16, 32, 64, 128)
     for section in (demo, quality):  # what a profile's `evaluate:` section holds validates back to the same
         assert EvaluateConfig.model_validate(yaml.safe_load(yaml.safe_dump(section.model_dump(mode="json")))) == section
     from pydantic import ValidationError
