@@ -99,6 +99,9 @@ class BuildConfig(BaseModel):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     cardiomegaly_ctr: float = Field(0.55, gt=0, lt=1, description="cardiothoracic ratio above which bank anatomy counts as an enlarged heart")
+    topup_share: float = Field(
+        0.25, ge=0, lt=1, description="share of the shards kept for a top-up round: they run after the others, with "
+        "prompts drawn for the findings the filter left short of their target share among the accepted samples")
     max_tries: int = Field(3, ge=1, description="tries (new seeds) per prompt")
     prompt_redraws: int = Field(
         3, ge=0, description="after max_tries rejections, the slot's prompt is drawn again with the same findings and "
@@ -220,7 +223,7 @@ def label_targets(config: BuildConfig, prior) -> dict[str, float]:
 
 def plan_shards(
     config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int],
-    prior: FindingPrior | None = None,
+    prior: FindingPrior | None = None, phase: tuple[int, int] | None = None,
 ) -> list[ShardPlan]:
     """Pair every slot with a prompt and an accepted anatomy-bank sample that fits it, and draw the prompts a
     slot tries when its first one keeps being rejected (`config.prompt_redraws`: the same findings with
@@ -228,17 +231,20 @@ def plan_shards(
 
     Cardiomegaly is a finding of the anatomy itself (an enlarged heart), so prompts with cardiomegaly draw
     anatomy whose cardiothoracic ratio exceeds `config.cardiomegaly_ctr`, and the others draw normal hearts.
-    Each pool is a seeded permutation, cycled when the build needs more samples than the pool holds.
+    Each pool is a seeded permutation, cycled when the build needs more samples than the pool holds, over the
+    slots of one `phase` (a slot range: the main shards, or the top-up shards planned after them), so the
+    top-up's prompts never move the main shards' anatomy.
     """
     accepted = np.flatnonzero(np.asarray(bank.manifest.column("accepted").to_pylist(), dtype=bool))
     if accepted.size == 0:
         raise ValueError(f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy to draw from")
     ctr = bank_cardiothoracic_ratios(bank, accepted)
     pools = {True: accepted[ctr > config.cardiomegaly_ctr], False: accepted[ctr <= config.cardiomegaly_ctr]}
+    first, last = phase or (0, len(prompts))
     wants = np.array([any(f.label == "cardiomegaly" for f in prompt) for prompt in prompts])
     assignment = np.empty(len(prompts), dtype=np.int64)
     for enlarged, pool in pools.items():
-        slots = np.flatnonzero(wants == enlarged)
+        slots = first + np.flatnonzero(wants[first:last] == enlarged)
         if slots.size == 0:
             continue
         if pool.size == 0:
@@ -247,7 +253,7 @@ def plan_shards(
                 f"anatomy bank {bank.name}/{bank.version} has no accepted anatomy with {kind} for {slots.size} prompts; "
                 "segment more images into the bank or change the prompt targets"
             )
-        rng = np.random.default_rng(derive_seed(config.seed, "anatomy-bank", int(enlarged)))
+        rng = np.random.default_rng(derive_seed(config.seed, "anatomy-bank", int(enlarged), *([first] if first else [])))
         rounds = -(-slots.size // pool.size)
         assignment[slots] = np.concatenate([rng.permutation(pool) for _ in range(rounds)])[: slots.size]
     plans = []
@@ -261,6 +267,39 @@ def plan_shards(
         plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist(),
                                redraws=redraws))
     return plans
+
+
+def topup_prompts(prior: FindingPrior, config: BuildConfig, targets: dict[str, float], main: Any, n: int, seed: int) -> list[Prompt]:
+    """Prompts for the `n` top-up slots, from the main shards' manifest rows `main`: a finding the filter
+    left short of its target share among the accepted samples gets prompts that hold it (drawn from the
+    prior's combinations with it, so its companions come along), as many as its measured acceptance rate
+    says close the gap; the other slots are drawn from the prior like the main shards."""
+    import math
+
+    from tasks.prompts import Combination
+
+    has = lambda frame, label: frame["findings"].map(lambda fs: any(f["label"] == label for f in fs))  # noqa: E731
+    accepted = main[main["accepted"]]
+    expected_total = len(accepted) + n * (len(accepted) / max(len(main), 1))
+    wanted: dict[str, int] = {}
+    for label, target in targets.items():
+        held, prompted = int(has(accepted, label).sum()), int(has(main, label).sum())
+        short = math.ceil(target * expected_total) - held
+        if short > 0:
+            rate = max(held / prompted, 0.1) if prompted else 0.5
+            wanted[label] = math.ceil(short / rate)
+    total = sum(wanted.values())
+    if total > n:  # more gaps than slots: each finding gets its share
+        wanted = {label: math.floor(count * n / total) for label, count in wanted.items()}
+    rng = np.random.default_rng(seed)
+    sampler = PromptSamplerConfig(unspecified_rate=config.prompts.unspecified_rate, max_findings=config.prompts.max_findings)
+    out: list[Prompt] = []
+    for label, count in wanted.items():
+        with_label = tuple(c for c in prior.combinations if label in c.labels) or (Combination(labels=(label,), weight=1.0),)
+        conditional = prior.model_copy(update={"combinations": with_label})
+        out += sample_prompts(count, conditional, sampler, derive_seed(seed, "topup", label))
+    out += sample_prompts(n - len(out), prior, config.prompts, derive_seed(seed, "topup", "rest")) if n > len(out) else []
+    return [out[i] for i in rng.permutation(len(out))]
 
 
 def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.ndarray:
@@ -334,12 +373,23 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
     finished = staged.finished_shards()
     pending = sorted(set(range(staged.n_shards)) - finished)
     logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))
-    plans = plan_shards(config, prompts, bank, staged, pending, prior)
     seconds = {"inputs_and_prompts": time.perf_counter() - started}
     tick = time.perf_counter()
     cpu_threads = config.cpu_threads or len(os.sched_getaffinity(0))
     context = ShardContext(staged, models, reference, config, root, bank.version, cpu_threads)
+    # The main shards, then the top-up shards with prompts for what the main ones left short.
+    n_topup = min(round(config.topup_share * staged.n_shards), staged.n_shards - 1)
+    main_shards = list(range(staged.n_shards - n_topup))
+    split = staged.shard_bounds(main_shards[-1])[1]
+    plans = plan_shards(config, prompts, bank, staged, [k for k in pending if k in main_shards], prior, (0, split))
     reports = shard_stage(context, plans) if plans else []
+    topup = [k for k in pending if k not in main_shards]
+    if topup:
+        main_rows = staged.read_manifest().to_pandas()
+        prompts[split:] = topup_prompts(prior, config, targets, main_rows.iloc[:split], len(prompts) - split,
+                                        derive_seed(config.seed, "topup"))
+        logger.info("top-up: %d samples for the findings the main shards left short", len(prompts) - split)
+        reports += shard_stage(context, plan_shards(config, prompts, bank, staged, topup, prior, (split, len(prompts))))
     seconds["shards"] = time.perf_counter() - tick
     seconds["shard_tasks"] = sum(r.seconds["total"] for r in reports)
     tick = time.perf_counter()

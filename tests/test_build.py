@@ -313,3 +313,25 @@ def test_the_prefect_ui_gets_a_summary_artifact_a_report_link_and_named_shard_ta
     assert f"{result.dataset}/{result.version}" in summary and "samples accepted" in summary and "| nodule" in summary
     assert "(file:///" in by_key["build-synthetic-report"].data and by_key["build-synthetic-report"].data.endswith("report.html)")
     assert {"shard-00000", "shard-00001", "shard-00002"} <= {run.name for run in task_runs}
+
+
+def test_top_up_prompts_ask_for_the_findings_the_main_shards_left_short():
+    import pandas as pd
+
+    from tasks.build import BuildConfig, topup_prompts
+    from tasks.prompts import estimate_prior
+
+    records = lambda *labels: [{"label": label, "side": None, "zone": None, "size": None} for label in labels]  # noqa: E731
+    prior = estimate_prior([records()] * 50 + [records("nodule")] * 20 + [records("effusion")] * 20 + [records("nodule", "mass")] * 10)
+    targets = {"nodule": 0.3, "effusion": 0.2, "mass": 0.1}
+    main = pd.DataFrame({  # every effusion accepted; nodules prompted 30 times, accepted 3 times; masses never
+        "findings": [records()] * 40 + [records("effusion")] * 20 + [records("nodule")] * 27 + [records("nodule", "mass")] * 3,
+        "accepted": [True] * 60 + [False] * 27 + [True] * 3,
+    })
+    prompts = topup_prompts(prior, BuildConfig(), targets, main, n=40, seed=1)
+    labels = [{f.label for f in p} for p in prompts]
+    assert len(prompts) == 40
+    assert sum("nodule" in p for p in labels) >= 30  # short, and hard to get accepted: most of the top-up
+    assert sum("mass" in p for p in labels) >= 3 and all("nodule" in p for p in labels if "mass" in p)  # its companion comes along
+    assert sum("effusion" in p for p in labels) <= 4  # not short: only what the prior draws for the rest
+    assert prompts == topup_prompts(prior, BuildConfig(), targets, main, n=40, seed=1)  # a resumed build plans the same
