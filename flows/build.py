@@ -14,11 +14,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.futures import as_completed
+from prefect.states import Failed, State
 from tqdm import tqdm
 
 from flows.runners import shard_task_runner
 from tasks.build import BuildConfig, BuildResult, ShardContext, ShardPlan, build_summary_markdown, run_build
 from tasks.generate import ShardReport, generate_shard, generate_shard_task
+from tasks.quality import QualityGateFailed
 
 
 # --- the generation stage ------------------------------------------------------------------------
@@ -52,10 +54,15 @@ def generate_shards_with_prefect(context: ShardContext, plans: list[ShardPlan]) 
 
 
 @flow(name="aurad-build")
-def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult:
+def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult | State:
     """Build and publish one dataset version (see the module docstring); the Prefect UI gets a summary and
-    a link to the report as artifacts, keyed per dataset so its versions line up."""
-    result = run_build(params, generate_shards_with_prefect, get_run_logger())
+    a link to the report as artifacts, keyed per dataset so its versions line up. A failed quality gate is
+    an expected outcome, not a crash: the run ends Failed with the failing expectations as its message and
+    no traceback (a plain call still raises QualityGateFailed)."""
+    try:
+        result = run_build(params, generate_shards_with_prefect, get_run_logger())
+    except QualityGateFailed as error:
+        return Failed(message=str(error), data=error)
     key = f"build-{params.dataset}".lower().replace("_", "-").replace(".", "-")
     create_markdown_artifact(build_summary_markdown(params.root, result.dataset, result.version), key=key,
                              description=f"{result.dataset}/{result.version}: what the build made")

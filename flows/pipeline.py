@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger
+from prefect.states import State
 from pydantic import BaseModel
 
 from aurad_models import embedded
@@ -133,7 +134,7 @@ def export_trained_step(config: AuradConfig, step: str, kinds: dict[str, str], p
 
 
 @flow(name="aurad-pipeline")
-def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False) -> PipelineResult:
+def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False) -> PipelineResult | State:
     """Run every stage in order (see the module docstring); returns where the results are."""
     run_logger = get_run_logger()
     root = config.storage.root
@@ -180,7 +181,10 @@ def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False) ->
         "segmenter": pinned_expert(config.build.segmenter, experts.get("segmenter_id")),
         "fidelity": pinned_expert(config.build.fidelity, experts.get("lesion_segmenter_id")),
     })
-    build = timed("build", lambda: build_flow(build_config))
+    build = timed("build", lambda: build_flow(build_config, return_state=True))
+    if build.is_failed():  # a failed gate: end in the build's clean Failed state, not in a traceback
+        return build
+    build = build.result()
 
     # 6. Downstream evaluation of the new version against the held-out real split.
     evaluation = None

@@ -75,29 +75,29 @@ class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field("aurad-data", description="storage root: datasets and the model registry")
-    dataset: str = "synthetic"
-    n_samples: int = Field(256, ge=1)
-    shard_size: int = Field(64, ge=1)
-    seed: int = 0
+    dataset: str = Field("synthetic", description="name of the dataset the build publishes a new version of")
+    n_samples: int = Field(256, ge=1, description="prompt slots to fill; accepted samples are fewer (rejected slots stay in the manifest)")
+    shard_size: int = Field(64, ge=1, description="samples per shard: one Prefect task, one zarr chunk row, one manifest part")
+    seed: int = Field(0, description="build seed: every sample's seed derives from it and its index (same config + seed = same dataset)")
     source_dataset: str = Field("phantom", description="labels for the prompt prior, image statistics reference")
-    source_version: str = "latest"
-    anatomy_bank: str = "anatomy-bank"
-    anatomy_bank_version: str = "latest"
+    source_version: str = Field("latest", description="version of the source dataset (a version id, or latest)")
+    anatomy_bank: str = Field("anatomy-bank", description="dataset the build draws its anatomy masks from")
+    anatomy_bank_version: str = Field("latest", description="version of the anatomy bank (a version id, or latest)")
     mask_model: str = Field("latest", description="registry id of the mask generator, or 'latest'")
     image_model: str = Field("latest", description="registry id of the image generator, or 'latest'")
-    classifier: ExpertChoice = Field(default_factory=ExpertChoice)
-    segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
+    classifier: ExpertChoice = Field(default_factory=ExpertChoice, description="the pathology classifier of the filter")
+    segmenter: ExpertChoice = Field(default_factory=ExpertChoice, description="the anatomy segmenter of the filter")
     fidelity: ExpertChoice = Field(default_factory=lambda: ExpertChoice(source="project"),
                                    description="the lesion segmenter trained on real images (fidelity expert)")
-    prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig)
+    prompts: PromptSamplerConfig = Field(default_factory=PromptSamplerConfig, description="how prompts are drawn from the source's label prior")
     mask_sampling: MaskSamplingConfig = Field(
         default_factory=MaskSamplingConfig,
         description="keeps only the prompted classes, each clipped to the region its prompt names (the defaults): the "
         "image is rendered from these final masks, so they stay pixel-exact",
     )
-    image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    quality: QualityConfig = Field(default_factory=QualityConfig)
+    image_sampling: ImageSamplingConfig = Field(default_factory=ImageSamplingConfig, description="image generator sampling")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="the expert filter: which checks reject a sample")
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="great-expectations gate thresholds")
     cardiomegaly_ctr: float = Field(0.55, gt=0, lt=1, description="cardiothoracic ratio above which bank anatomy counts as an enlarged heart")
     topup_share: float = Field(
         0.25, ge=0, lt=1, description="share of the shards kept for a top-up round: they run after the others, with "
@@ -106,10 +106,10 @@ class BuildConfig(BaseModel):
     prompt_redraws: int = Field(
         3, ge=0, description="after max_tries rejections, the slot's prompt is drawn again with the same findings and "
         "new attributes (side, zone, size), up to this many times; a slot still rejected then is kept as rejected")
-    quotas: QuotaConfig = Field(default_factory=QuotaConfig)
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig, description="per-finding minimum accepted counts")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="'auto' (cuda if available), 'cpu', 'cuda' (every visible GPU), 'cuda:1' (that one)")
-    task_runner: Literal["threads", "dask"] = "threads"
+    task_runner: Literal["threads", "dask"] = Field("threads", description="how shards run: threads in this process, or a Dask cluster")
     workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
     cpu_threads: int | None = Field(
         None, ge=1, description="torch CPU threads while a shard samples on the CPU (None: every CPU this process may use). "

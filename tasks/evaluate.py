@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
+from prefect import get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from aurad_models import metrics
@@ -158,11 +158,11 @@ def labels_seen(params: EvaluateParameters) -> dict[str, Any]:
     return out
 
 
-def downstream_evaluation(params: EvaluateParameters, task_name: str) -> dict[str, Any]:
+def downstream_evaluation(params: EvaluateParameters, task_name: str, log: Any = None) -> dict[str, Any]:
     """Train and score every regime x seed of one task (segmentation or detection)."""
     data = load_evaluation_data(params)
     return run_downstream(task_name, data.train, data.test, data.synthetic, params.evaluate, _sources(params),  # type: ignore[arg-type]
-                          real_val=data.val, labels_seen=labels_seen(params))
+                          real_val=data.val, labels_seen=labels_seen(params), log=log)
 
 
 def quality_metrics(params: EvaluateParameters) -> dict[str, Any]:
@@ -274,7 +274,7 @@ def _clean_nans(value: Any) -> Any:
 
 @task(name="downstream-retraining")
 def downstream_task(params: EvaluateParameters, task_name: str) -> dict[str, Any]:
-    return _clean_nans(downstream_evaluation(params, task_name))
+    return _clean_nans(downstream_evaluation(params, task_name, get_run_logger()))
 
 
 @task(name="quality-metrics")

@@ -712,8 +712,10 @@ def run_downstream(
     sources: dict[str, Any] | None = None,
     real_val: LabelledImages | None = None,
     labels_seen: dict[str, Any] | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
 ) -> dict[str, Any]:
-    """Train and score every regime x seed for one task; returns the `evaluation.json` document.
+    """Train and score every regime x seed for one task; returns the `evaluation.json` document. Each
+    finished model is a progress line on `log` (the Prefect run logger in a flow: the terminal and the UI).
 
     Shape (detection has the same with "metric": "map50"):
         {"schema_version", "task", "metric", "classes", "test_method",
@@ -741,8 +743,10 @@ def run_downstream(
     jobs, followers = plan_jobs(task, real_train, real_val, real_test, synthetic, config)
     total = len(jobs) + sum(1 for j in jobs if j.keep_weights) * len(_pretrain_fractions(config))
 
+    log = log or logger
+
     def progress(result: JobResult, done: int, known: int) -> None:
-        logger.info("%s %s at %.0f%% real, seed %d: %s %s (best step %d of %d, %.1f s) [%d/%d]", task, result.train_set,
+        log.info("%s %s at %.0f%% real, seed %d: %s %s (best step %d of %d, %.1f s) [%d/%d]", task, result.train_set,
                     100 * result.real_fraction, result.seed_index, TASK_METRIC[task], _fmt(result.score.get("mean")),
                     result.best_step, result.steps, result.seconds, done, max(known, total))
 

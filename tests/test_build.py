@@ -194,8 +194,10 @@ def test_a_class_the_filter_lets_collapse_fails_the_build(root):
     no_nodules = config.filter.model_copy(update={"classifier": config.filter.classifier.model_copy(
         update={"min_auroc": None, "thresholds": {"nodule": 0.9999}, "check_absent": False})})
     collapsing = config.model_copy(update={"filter": no_nodules, "quality": config.quality.model_copy(update={"min_class_coverage": 0.8})})
+    state = build_flow(collapsing, return_state=True)  # an expected failure: a clean Failed state, no crash
+    assert state.is_failed() and "[coverage] nodule: 0 accepted samples hold it" in state.message
     with pytest.raises(QualityGateFailed, match=r"\[coverage\] nodule: 0 accepted samples hold it"):
-        build_flow(collapsing)
+        state.result()
     assert published_versions(root, config.dataset) == []
     staging = next((root / config.dataset / "_staging").iterdir())
     build = json.loads((staging / "quality" / "build.json").read_text())
