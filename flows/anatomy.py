@@ -9,12 +9,15 @@ parameters resumes the same build, or returns the version it was already publish
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from pydantic import BaseModel, ConfigDict, Field
 
 from aurad_models.experts.loading import resolve_choice
 from aurad_models.experts.trained import ANATOMY_SEGMENTER_KIND
+from flows.profiles import with_overrides
+from storage import find_published_build, open_dataset
 from tasks.anatomy import (
     AnatomyBankConfig,
     BankShardJob,
@@ -24,7 +27,6 @@ from tasks.anatomy import (
     bank_lineage,
     stage_anatomy_bank,
 )
-from storage import find_published_build, open_dataset
 from tasks.experts import SourceRef
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,9 @@ def _publish(job: BankShardJob, segmenter: dict) -> dict:
 
 
 @flow(name="aurad-anatomy-bank", log_prints=False)
-def anatomy_bank_flow(params: AnatomyBankParameters = AnatomyBankParameters()) -> AnatomyBankResult:
+def anatomy_bank_flow(params: AnatomyBankParameters = AnatomyBankParameters(), overrides: dict[str, Any] | None = None) -> AnatomyBankResult:
     """Build (or resume) the anatomy bank from `params.source_dataset` and publish it."""
+    params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     run_logger = get_run_logger()
     source = SourceRef(root=params.root, dataset=params.source_dataset, version=params.source_version)
     version = source.open()

@@ -10,6 +10,7 @@ duplicated) and finds a build that is already published instead of making it twi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
@@ -17,11 +18,18 @@ from prefect.futures import as_completed
 from prefect.states import Failed, State
 from tqdm import tqdm
 
+from flows.profiles import with_overrides
 from flows.runners import shard_task_runner
-from tasks.build import BuildConfig, BuildResult, ShardContext, ShardPlan, build_summary_markdown, run_build
+from tasks.build import (
+    BuildConfig,
+    BuildResult,
+    ShardContext,
+    ShardPlan,
+    build_summary_markdown,
+    run_build,
+)
 from tasks.generate import ShardReport, generate_shard, generate_shard_task
 from tasks.quality import QualityGateFailed
-
 
 # --- the generation stage ------------------------------------------------------------------------
 
@@ -54,11 +62,12 @@ def generate_shards_with_prefect(context: ShardContext, plans: list[ShardPlan]) 
 
 
 @flow(name="aurad-build")
-def build_flow(params: BuildConfig = BuildConfig()) -> BuildResult | State:
+def build_flow(params: BuildConfig = BuildConfig(), overrides: dict[str, Any] | None = None) -> BuildResult | State:
     """Build and publish one dataset version (see the module docstring); the Prefect UI gets a summary and
     a link to the report as artifacts, keyed per dataset so its versions line up. A failed quality gate is
     an expected outcome, not a crash: the run ends Failed with the failing expectations as its message and
     no traceback (a plain call still raises QualityGateFailed)."""
+    params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     try:
         result = run_build(params, generate_shards_with_prefect, get_run_logger())
     except QualityGateFailed as error:

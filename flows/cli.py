@@ -25,6 +25,7 @@ models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 console = Console()
+errors = Console(stderr=True)  # errors go to stderr, so `aurad config ... > cfg.yaml` never writes one into the file
 
 def _version(show: bool) -> None:
     if show:
@@ -52,7 +53,7 @@ def _config(profile: str, overrides: Optional[list[str]], root: Optional[str]):
     try:
         return load_config(profile, overrides or [], root)
     except ConfigError as error:
-        console.print(str(error), style="red", markup=False)
+        errors.print(str(error), style="red", markup=False)
         raise typer.Exit(2) from None
 
 
@@ -62,6 +63,8 @@ def _logging(verbose: bool) -> None:
 
 def _run(what: str, call) -> Any:
     """Run a flow; a known failure prints its message (not a traceback) and exits non-zero."""
+    from aurad_models.embedded import EmbeddedModelError
+    from aurad_models.experts import ExpertWeightsError
     from storage import StorageError
     from tasks.quality import QualityGateFailed
 
@@ -69,10 +72,11 @@ def _run(what: str, call) -> Any:
     try:
         result = call()
     except QualityGateFailed as error:
-        console.print(f"{what}: {error}", style="red", markup=False)
+        errors.print(f"{what}: {error}", style="red", markup=False)
         raise typer.Exit(3) from None
-    except (StorageError, FileNotFoundError, LookupError, ValueError) as error:
-        console.print(f"{what} failed: {error}", style="red", markup=False)
+    except (StorageError, OSError, LookupError, ValueError, ExpertWeightsError, EmbeddedModelError) as error:  # OSError: EROFS, ENOSPC, permissions
+        errors.print(f"{what} failed: {type(error).__name__}: {error}" if isinstance(error, OSError) else f"{what} failed: {error}",
+                     style="red", markup=False)
         raise typer.Exit(1) from None
     console.print(f"[green]{what} done[/green] in {time.perf_counter() - started:.0f} s")
     return result
@@ -128,7 +132,7 @@ def embed(
         try:
             entry = export_trained_step(config, step, kinds, profile)
         except FileNotFoundError as error:
-            console.print(f"embed failed: {error}", style="red", markup=False)
+            errors.print(f"embed failed: {error}", style="red", markup=False)
             raise typer.Exit(1) from None
         console.print(f"{step}: shipped {', '.join(m['id'] for m in entry['models'].values())}")
     console.print(f"{embedded.shipped_size() / 1e6:.1f} MB of weights in {embedded.EMBEDDED_DIR}")
@@ -242,7 +246,7 @@ def datasets_list(root: Optional[str] = RootOption, profile: str = ProfileOption
     try:
         names = storage.list_datasets(root)
     except storage.StorageError as error:
-        console.print(str(error), style="red", markup=False)
+        errors.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
     table = Table("dataset", "versions", "latest", "samples", "accepted")
     damaged = False
@@ -280,14 +284,14 @@ def datasets_verify(
         with tqdm(total=min(sample or len(ds), len(ds)), desc=f"verify {ds.name}/{ds.version}", unit="sample") as bar:
             report = ds.verify(sample=sample, seed=seed, progress=bar.update)
     except storage.StorageError as error:
-        console.print(str(error), style="red", markup=False)
+        errors.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
     if report.ok:
         console.print(f"[green]{ds.name}/{ds.version}: {report.checked} samples verified[/green]")
         return
     for line in report.problems:
-        console.print(line, style="red", markup=False)
-    console.print(f"{ds.name}/{ds.version}: {len(report.problems)} problems in {report.checked} samples checked", style="red")
+        errors.print(line, style="red", markup=False)
+    errors.print(f"{ds.name}/{ds.version}: {len(report.problems)} problems in {report.checked} samples checked", style="red")
     raise typer.Exit(1)
 
 
@@ -305,7 +309,7 @@ def datasets_show(
     try:
         ds = storage.open_dataset(root, dataset, version or "latest")
     except storage.StorageError as error:
-        console.print(str(error), style="red", markup=False)
+        errors.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
     summary = ds.summary()
     console.print(f"[bold]{ds.name}/{ds.version}[/bold]  {ds.path}")

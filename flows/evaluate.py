@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.profiles import with_overrides
 from tasks.evaluate import (
     EvaluateParameters,
     EvaluateResult,
@@ -22,9 +23,10 @@ logger = logging.getLogger(__name__)
 
 
 @flow(name="aurad-evaluate", log_prints=False)
-def evaluate_flow(params: EvaluateParameters = EvaluateParameters()) -> EvaluateResult:
+def evaluate_flow(params: EvaluateParameters = EvaluateParameters(), overrides: dict[str, Any] | None = None) -> EvaluateResult:
     """Downstream retraining (every regime of `tasks.retrain`) and quality metrics; writes the evaluation
     documents and report (`tasks.evaluate`) and returns where they are, with the headline."""
+    params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     started = time.perf_counter()
     documents: dict[str, dict[str, Any]] = {}
     for name in params.evaluate.tasks:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.profiles import with_overrides
 from tasks.experts import (
     ExpertsTrainingConfig,
     SourceRef,
@@ -51,8 +52,9 @@ class TrainExpertsResult(BaseModel):
 
 
 @flow(name="aurad-train-experts", log_prints=False)
-def train_experts_flow(params: TrainExpertsParameters = TrainExpertsParameters()) -> TrainExpertsResult:
+def train_experts_flow(params: TrainExpertsParameters = TrainExpertsParameters(), overrides: dict[str, Any] | None = None) -> TrainExpertsResult:
     """Train, validate and register both experts on `params.dataset`/`params.version`."""
+    params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     run_logger = get_run_logger()
     source = SourceRef(root=params.root, dataset=params.dataset, version=params.version)
     source = source.model_copy(update={"version": source.open().version})

@@ -21,18 +21,23 @@ from prefect.states import State
 from pydantic import BaseModel
 
 from aurad_models import embedded
+from aurad_models.experts import (
+    ANATOMY_SEGMENTER_KIND,
+    LESION_SEGMENTER_KIND,
+    PATHOLOGY_CLASSIFIER_KIND,
+)
 from aurad_models.hashing import config_hash
 from aurad_models.registry import RegistryError, local_root, resolve_model
 from flows.anatomy import anatomy_bank_flow
 from flows.build import build_flow
-from tasks.build import IMAGE_GENERATOR_KIND, MASK_GENERATOR_KIND, BuildResult
 from flows.config import AuradConfig
 from flows.evaluate import evaluate_flow
 from flows.experts import train_experts_flow
+from flows.profiles import with_overrides
 from flows.source import phantom_source_flow
 from flows.train import train_flow
+from tasks.build import IMAGE_GENERATOR_KIND, MASK_GENERATOR_KIND, BuildResult
 from tasks.source import source_build_id
-from aurad_models.experts import ANATOMY_SEGMENTER_KIND, LESION_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +139,9 @@ def export_trained_step(config: AuradConfig, step: str, kinds: dict[str, str], p
 
 
 @flow(name="aurad-pipeline")
-def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False) -> PipelineResult | State:
+def pipeline_flow(config: AuradConfig = AuradConfig(), retrain: bool = False, overrides: dict[str, Any] | None = None) -> PipelineResult | State:
     """Run every stage in order (see the module docstring); returns where the results are."""
+    config = with_overrides(config, overrides)  # a run's few changes, merged (see flows.deployments)
     run_logger = get_run_logger()
     root = config.storage.root
     seconds: dict[str, float] = {}

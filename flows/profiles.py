@@ -115,3 +115,19 @@ def _did_you_mean(model: type[BaseModel], location: tuple[Any, ...]) -> str:
         fields = options[0].model_fields
     close = difflib.get_close_matches(str(location[-1]), list(fields), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def with_overrides(params: ModelT, overrides: dict[str, Any] | None) -> ModelT:
+    """A flow's parameters with a run's `overrides` merged in (nested or dotted keys: `{"mask_sampling":
+    {"threshold": 0.4}}` or `{"mask_sampling.threshold": 0.4}`), validated: a misspelt or invalid setting
+    is an error naming it. Prefect replaces a parameter object whole; this is how a run changes a few."""
+    if not overrides:
+        return params
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        *path, last = str(key).split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return validate(type(params), deep_merge(params.model_dump(mode="json"), nested), f"overrides {overrides}")

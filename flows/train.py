@@ -9,14 +9,20 @@ each run from its last checkpoint.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
 from aurad_models.image_generator import ImageGeneratorConfig
 from aurad_models.mask_generator import MaskGeneratorConfig
+from flows.profiles import with_overrides
 from tasks.retrain import LabelledSubset
-from tasks.train import TrainingConfig, train_image_generator_task, train_mask_generator_task
+from tasks.train import (
+    TrainingConfig,
+    train_image_generator_task,
+    train_mask_generator_task,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +58,9 @@ class TrainFlowResult(BaseModel):
 
 
 @flow(name="aurad-train-generators", log_prints=False)
-def train_flow(params: TrainFlowParameters = TrainFlowParameters()) -> TrainFlowResult:
+def train_flow(params: TrainFlowParameters = TrainFlowParameters(), overrides: dict[str, Any] | None = None) -> TrainFlowResult:
     """Train both generators on `params.dataset`/`params.version` and return their registry ids."""
+    params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     common = dict(root=params.root, dataset=params.dataset, version=params.version, train_split=params.train_split,
                   val_split=params.val_split, resume=params.resume, labelled_subset=params.labelled_subset)
     mask = image = None

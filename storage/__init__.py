@@ -21,7 +21,7 @@ from storage.catalog import find_published_build, list_datasets, list_versions
 from storage.errors import StorageError
 from storage.reader import DatasetVersion, open_dataset
 from storage.schema import MANIFEST_SCHEMA, MASK_SOURCES, manifest_rows_to_table
-from storage.staging import StagedVersion, stage_version
+from storage.staging import StagedVersion, build_lock, stage_version
 
 __all__ = [
     "MANIFEST_SCHEMA",
@@ -35,5 +35,6 @@ __all__ = [
     "list_versions",
     "manifest_rows_to_table",
     "open_dataset",
+    "build_lock",
     "stage_version",
 ]

@@ -3,6 +3,7 @@
     <root>/<dataset>/catalog/<version>.json      published versions (visibility = this file exists)
     <root>/<dataset>/<version>/                  a version's files (v0001, v0002, ...)
     <root>/<dataset>/_staging/<build_id>/        work in progress
+    <root>/<dataset>/_locks/<build_id>.lock      held while a build of that id runs (local roots)
 
 `Root` wraps an fsspec filesystem so that the same code serves a local folder and any fsspec URL. On a
 local folder it uses the OS directly where atomicity matters: replace-on-write for small files, rename
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 CATALOG_DIR = "catalog"
 STAGING_DIR = "_staging"
+LOCKS_DIR = "_locks"
 MANIFEST_DIR = "manifest"
 LEDGER_DIR = "_ledger"
 VERSION_FILE = "version.json"

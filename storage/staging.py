@@ -20,7 +20,9 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from storage.errors import StorageError
 from storage.verify import image_sha256, masks_sha256
 from storage.layout import (
     LEDGER_DIR,
+    LOCKS_DIR,
     MANIFEST_DIR,
     STAGING_DIR,
     STAGING_PARAMS_FILE,
@@ -515,3 +518,36 @@ def _create_new(root: Root, directory: str, params: dict[str, Any], spec: ArrayS
             logger.info("%s was staged concurrently by another process; using it", directory)
     finally:
         root.remove(tmp, recursive=True)
+
+
+@contextmanager
+def build_lock(root: str | Path, dataset: str, build_id: str, on_wait: Any = None,
+               storage_options: dict[str, Any] | None = None) -> Iterator[None]:
+    """Hold the lock of one staged build: a second identical build (the nightly deployment and a manual run
+    of the same config) waits for the first instead of colliding on its shards, then finds its shards
+    finished or its version published. `on_wait(message)` is called once if the lock is taken.
+
+    An OS file lock (flock) on `<root>/<dataset>/_locks/<build_id>.lock`: local and mounted roots only;
+    on an object store (no locks) builds are not serialised, and a warning says so."""
+    check_name(dataset, "dataset")
+    check_name(build_id, "build_id")
+    r = Root(root, storage_options)
+    if not r.is_local:
+        logger.warning("storage root %s has no file locks: run one build of a config at a time", r.url)
+        yield
+        return
+    import fcntl
+
+    path = Path(r.path(dataset, LOCKS_DIR, f"{build_id}.lock"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"build {build_id} is running in another process (lock {path}); waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

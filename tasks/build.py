@@ -26,7 +26,7 @@ from aurad_models.mask_generator import MaskSamplingConfig
 from aurad_models.registry import resolve_model
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
-from storage import ArraySpec, DatasetVersion, StagedVersion, find_published_build, open_dataset, stage_version
+from storage import ArraySpec, DatasetVersion, StagedVersion, build_lock, find_published_build, open_dataset, stage_version
 from tasks.devices import resolve_device
 from tasks.filtering import FilterConfig, ImageStatsReference, image_stats_reference_from_dataset
 from tasks.prompts import FindingPrior, PromptSamplerConfig, estimate_prior, redraw_attributes, sample_prompts, tilted_weights
@@ -350,6 +350,13 @@ def run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any) -> Buil
     bank = open_dataset(root, config.anatomy_bank, config.anatomy_bank_version)
     models = resolve_models(config, root)
     build_id = build_id_of(config, models, source, bank)
+    with build_lock(root, config.dataset, build_id, on_wait=logger.warning):  # an identical build waits for this one
+        return _run_build(config, shard_stage, logger, source, bank, models, build_id, started)
+
+
+def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source: DatasetVersion, bank: DatasetVersion,
+               models: BuildModels, build_id: str, started: float) -> BuildResult:
+    root = config.root
     published = find_published_build(root, config.dataset, build_id)
     if published is not None:
         logger.info("this build is already published as %s/%s", config.dataset, published)

@@ -337,3 +337,34 @@ def test_top_up_prompts_ask_for_the_findings_the_main_shards_left_short():
     assert sum("mass" in p for p in labels) >= 3 and all("nodule" in p for p in labels if "mass" in p)  # its companion comes along
     assert sum("effusion" in p for p in labels) <= 4  # not short: only what the prior draws for the rest
     assert prompts == topup_prompts(prior, BuildConfig(), targets, main, n=40, seed=1)  # a resumed build plans the same
+
+
+_BUILD_IN_A_PROCESS = """
+import json, logging, sys
+from bench.world import tiny_build_config
+from flows.build import generate_shards_in_loop
+from tasks.build import run_build
+logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+result = run_build(tiny_build_config(sys.argv[1]), generate_shards_in_loop, logging.getLogger("build"))
+print(json.dumps({"version": result.version, "build_id": result.build_id}))
+"""
+
+
+def test_two_identical_builds_at_once_both_end_with_the_same_published_version(root):
+    """The nightly deployment and a manual run of the same config: the second waits for the first's lock,
+    then finds its version published; neither fails, nothing is made twice."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    children = [subprocess.Popen([sys.executable, "-c", _BUILD_IN_A_PROCESS, str(root)], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [child.communicate(timeout=600) for child in children]
+    for child, (out, err) in zip(children, outputs):
+        assert child.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    assert results[0] == results[1]
+    assert published_versions(root, tiny_build_config(root).dataset) == [results[0]["version"]]
+    assert any("running in another process" in err for _, err in outputs)  # one of them waited

@@ -51,6 +51,8 @@ def test_cli_prints_the_resolved_config_and_exits_2_on_a_bad_override():
 
     bad = runner.invoke(app, ["build", "-s", "build.max_tries=zero"])
     assert bad.exit_code == 2 and "build.max_tries" in bad.output
+    redirected = runner.invoke(app, ["config", "-s", "build.max_tries=zero"])  # `aurad config ... > cfg.yaml`
+    assert redirected.exit_code == 2 and redirected.stdout == "" and "build.max_tries" in redirected.stderr
 
 
 def test_every_configuration_model_forbids_unknown_keys_and_suggests_the_closest():

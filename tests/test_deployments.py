@@ -87,3 +87,33 @@ def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server
     from tasks.build import BuildConfig
 
     assert BuildConfig.model_validate(nightly["parameters"]["params"]).n_samples == 2000
+
+
+def test_every_deployment_runs_its_profile_and_prefect_yaml_is_up_to_date():
+    """prefect.yaml's parameter blocks are what `python -m flows.deployments` writes from the profiles, and
+    the flow built from them equals the profile's section (the form and the run show the profile, not the
+    code defaults: DPM-Solver++ 10 steps in the nightly build, not DDIM 20)."""
+    from flows.config import AuradConfig, load_config
+    from flows.deployments import DEPLOYMENTS, PREFECT_YAML, main, render
+    from tasks.build import BuildConfig
+
+    assert main(["--check"]) == 0, "run python -m flows.deployments"
+    declared = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
+    assert set(declared) == set(DEPLOYMENTS)
+    nightly = BuildConfig.model_validate(declared["nightly-build"]["parameters"]["params"])
+    production = load_config("production", root="aurad-data").build
+    assert nightly == production and nightly.mask_sampling.scheduler == "dpm-solver++"
+    pipeline = AuradConfig.model_validate(declared["pipeline"]["parameters"]["config"])
+    assert pipeline == load_config("demo", root="aurad-data")
+    assert render(PREFECT_YAML.read_text()) == PREFECT_YAML.read_text()
+
+
+def test_run_overrides_merge_into_the_deployment_parameters_and_a_misspelt_one_is_named():
+    from flows.profiles import ConfigError, with_overrides
+    from tasks.build import BuildConfig
+
+    deployed = BuildConfig.model_validate({"n_samples": 2000, "shard_size": 200, "mask_sampling": {"scheduler": "dpm-solver++"}})
+    run = with_overrides(deployed, {"n_samples": 32, "mask_sampling.threshold": 0.4})
+    assert (run.n_samples, run.shard_size, run.mask_sampling.scheduler, run.mask_sampling.threshold) == (32, 200, "dpm-solver++", 0.4)
+    with pytest.raises(ConfigError, match="n_sample: Extra inputs are not permitted; did you mean 'n_samples'"):
+        with_overrides(deployed, {"n_sample": 32})

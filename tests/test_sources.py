@@ -804,6 +804,23 @@ def test_jsrt_scr_mask_of_another_size_is_quarantined(tmp_path):
         adapter.load(ref)
 
 
+def test_one_malformed_chestx_det_polygon_is_quarantined_and_the_rest_imports(tmp_path):
+    make_chestx_det(tmp_path / "cxd")
+    for name in ("36208.png", "36209.png", "36210.png"):
+        write_png(tmp_path / "cxd" / "train" / name, ramp(high=255).astype(np.uint8))
+    entries = json.loads((tmp_path / "cxd" / "ChestX_Det_train.json").read_text())
+    entries += [
+        {"file_name": "36208.png", "syms": ["Nodule"], "boxes": [[1, 1, 5, 5]], "polygons": [[[1, 1], [5], [5, 5]]]},  # ragged
+        {"file_name": "36209.png", "syms": ["Mass"], "boxes": [[1, 1, 5, 5]], "polygons": [[["a", "b"], [5, 1], [5, 5]]]},
+        {"file_name": "36210.png", "syms": ["Mass"], "boxes": [[1, 1, 5, 5]], "polygons": [{"x": 1}]},  # not a list of points
+    ]
+    (tmp_path / "cxd" / "ChestX_Det_train.json").write_text(json.dumps(entries))
+    summary = import_source("chestx-det", tmp_path / "cxd", tmp_path / "store", "cxd", image_size=64, progress=False)
+    assert summary.imported == 3  # the good records of make_chestx_det
+    reasons = dict(summary.quarantined)
+    assert len(reasons) == 4 and sum("polygon" in r or "malformed" in r for r in reasons.values()) == 3, reasons
+
+
 def test_chestx_det_entry_without_file_name_fails_up_front(tmp_path):
     (tmp_path / "ChestX_Det_train.json").write_text(json.dumps([{"syms": [], "polygons": []}]))
     with pytest.raises(SourceFormatError, match="'file_name'"):

@@ -186,8 +186,9 @@ def _write_shard(
         try:
             record = adapter.load(ref)
             sample = prepare_sample(record, image_size, adapter.name)
-        except RecordError as error:
-            reason = str(error).removeprefix(f"{ref.name}: ")
+        except (RecordError, ValueError, TypeError, KeyError, IndexError) as error:  # one bad record never sinks an import
+            reason = (str(error).removeprefix(f"{ref.name}: ") if isinstance(error, RecordError)
+                      else f"malformed record ({type(error).__name__}: {str(error)[:200]})")  # one an adapter's checks missed
             logger.warning("quarantined %s (%s): %s", ref.name, ref.sample_id, reason)
             rows.append(quarantine_row(ref, reason, adapter.name))
         else:

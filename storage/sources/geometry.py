@@ -48,7 +48,10 @@ def box_mask(shape: tuple[int, int], x_min: float, y_min: float, x_max: float, y
 def polygon_mask(shape: tuple[int, int], points: Sequence[Sequence[float]]) -> tuple[np.ndarray, bool]:
     """A polygon of (x, y) pixel indices as a (H, W) uint8 mask (outline included), and whether any
     vertex lay outside the image (the mask is clipped to it)."""
-    array = np.asarray(points, dtype=np.float64)
+    try:
+        array = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged or non-numeric points
+        raise RecordError(f"polygon must be a list of [x, y] points, got {str(points)[:80]}") from None
     if array.ndim != 2 or array.shape[1] != 2 or len(array) == 0 or not np.isfinite(array).all():
         raise RecordError(f"polygon must be a list of [x, y] points, got {str(points)[:80]}")
     cols, rows = array[:, 0], array[:, 1]
