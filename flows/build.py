@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.states import Failed, State
 from tqdm import tqdm
@@ -61,6 +62,17 @@ def generate_shards_with_prefect(context: ShardContext, plans: list[ShardPlan]) 
     return runner_flow(context, plans)
 
 
+PUBLISHED_EVENT = "aurad.dataset.published"
+
+
+def emit_published_event(result: BuildResult) -> None:
+    """Tell Prefect a version was published (resource `aurad.dataset.<name>`, payload dataset/version/build):
+    the `evaluate` deployment's trigger in prefect.yaml evaluates every version the nightly build makes."""
+    emit_event(event=PUBLISHED_EVENT, resource={"prefect.resource.id": f"aurad.dataset.{result.dataset}",
+                                                "prefect.resource.name": f"{result.dataset}/{result.version}"},
+               payload={"dataset": result.dataset, "version": result.version, "build_id": result.build_id})
+
+
 @flow(name="aurad-build")
 def build_flow(params: BuildConfig = BuildConfig(), overrides: dict[str, Any] | None = None) -> BuildResult | State:
     """Build and publish one dataset version (see the module docstring); the Prefect UI gets a summary and
@@ -72,6 +84,8 @@ def build_flow(params: BuildConfig = BuildConfig(), overrides: dict[str, Any] | 
         result = run_build(params, generate_shards_with_prefect, get_run_logger())
     except QualityGateFailed as error:
         return Failed(message=str(error), data=error)
+    if not result.already_published:
+        emit_published_event(result)
     key = f"build-{params.dataset}".lower().replace("_", "-").replace(".", "-")
     create_markdown_artifact(build_summary_markdown(params.root, result.dataset, result.version), key=key,
                              description=f"{result.dataset}/{result.version}: what the build made")

@@ -88,6 +88,23 @@ def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server
 
     assert BuildConfig.model_validate(nightly["parameters"]["params"]).n_samples == 2000
 
+    # A published version (the event the build flow emits) starts an evaluation of exactly that version.
+    evaluate = found[("aurad-evaluate", "evaluate")]
+    _prefect(env, "event", "emit", "aurad.dataset.published", "--resource-id", "aurad.dataset.synthetic",
+             "--payload", '{"dataset": "synthetic", "version": "v0042", "build_id": "build-test"}')
+    deadline = time.monotonic() + 120
+    while not (runs := httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [evaluate["id"]]}}},
+                                  timeout=30).json()):
+        assert time.monotonic() < deadline, "the published event started no evaluate run"
+        time.sleep(1)
+    assert len(runs) == 1 and runs[0]["parameters"]["overrides"] == {"synthetic_version": "v0042"}
+    assert runs[0]["parameters"]["params"] == evaluate["parameters"]["params"]  # the profile's, merged
+    from tasks.evaluate import EvaluateParameters
+    from flows.profiles import with_overrides
+
+    params = with_overrides(EvaluateParameters.model_validate(runs[0]["parameters"]["params"]), runs[0]["parameters"]["overrides"])
+    assert params.synthetic_version == "v0042"
+
 
 def test_every_deployment_runs_its_profile_and_prefect_yaml_is_up_to_date():
     """prefect.yaml's parameter blocks are what `python -m flows.deployments` writes from the profiles, and
