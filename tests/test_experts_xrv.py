@@ -159,9 +159,11 @@ class _Payload:
 def test_code_executing_pickles_are_refused(tmp_path):
     marker = tmp_path / "executed"
     torch.save({"weight": torch.zeros(1), "payload": _Payload(str(marker))}, tmp_path / CLASSIFIER.file_name)
-    with pytest.raises(UnsafeWeightsError, match="weights_only"):
+    with pytest.raises(UnsafeWeightsError, match="weights_only") as refused:
         load_xrv_classifier(cache_dir=tmp_path)
     assert not marker.exists()
+    assert "GLOBAL posix.system" in str(refused.value)  # what was refused, in torch's words
+    assert "weights_only` set to `False" not in str(refused.value) and "will likely succeed" not in str(refused.value)
 
     torch.save(torch.nn.GRU(2, 2), tmp_path / CLASSIFIER.file_name)  # a module class outside the allowlist
     with pytest.raises(UnsafeWeightsError, match="GRU"):

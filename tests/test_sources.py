@@ -414,6 +414,16 @@ def test_vindr_import_publishes_and_quarantines(tmp_path):
     assert_no_phi(root, extra=tuple(ids.values()))
 
 
+def test_a_vindr_box_entirely_outside_the_image_is_quarantined_not_a_positive_with_an_empty_mask(tmp_path):
+    ids = make_vindr(tmp_path / "vindr")
+    csv = tmp_path / "vindr" / "annotations" / "annotations_train.csv"
+    csv.write_text(csv.read_text() + f"{ids['b']},R3,Pleural effusion,70,70,90,90\n")  # the image is 64 x 64
+    summary = import_source("vindr-cxr", tmp_path / "vindr", tmp_path / "store", "vindr", image_size=64, progress=False)
+    reasons = dict(summary.quarantined)
+    b_id = sample_id_for("vindr-cxr", f"train/{ids['b']}.dicom")
+    assert "entirely outside the 64x64 image" in reasons[b_id] and summary.imported == 1
+
+
 def test_vindr_missing_column_fails_up_front(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "annotations_train.csv").write_text("image_id,rad_id,class_name,x_min,y_min,x_max\nx,R1,No finding,,,\n")

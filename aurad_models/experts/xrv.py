@@ -253,6 +253,15 @@ def _module_tensors(module: Any, prefix: str = "") -> dict[str, torch.Tensor]:
     return out
 
 
+def _refusal_reason(error: Exception) -> str:
+    """What torch's weights-only unpickler refused ("unsupported GLOBAL posix.system ..."), without its
+    advice to retry with weights_only=False, which this project never follows."""
+    lines = [line.strip().removeprefix("WeightsUnpickler error:").strip() for line in str(error).splitlines()]
+    useful = [line for line in lines if line and "weights_only" not in line and not line.startswith("Check the documentation")
+              and not line.startswith("Weights only load failed")]
+    return useful[0] if useful else "a pickled object outside the allowed tensor types"
+
+
 def read_weights(
     path: str | Path, allowed_classes: Sequence[type] = (), instructions: str = ""
 ) -> dict[str, torch.Tensor]:
@@ -268,7 +277,7 @@ def read_weights(
         with torch.serialization.safe_globals(list(allowed_classes)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        detail = _refusal_reason(error)
         if "persistent_load" in detail:
             detail += " (a whole module pickled by torch < 1.6, the legacy format)"
         raise UnsafeWeightsError(

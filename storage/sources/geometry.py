@@ -26,7 +26,8 @@ from storage.sources.records import RecordError
 
 
 def box_mask(shape: tuple[int, int], x_min: float, y_min: float, x_max: float, y_max: float) -> tuple[np.ndarray, bool]:
-    """A box as a (H, W) uint8 mask, and whether it had to be clipped to the image."""
+    """A box as a (H, W) uint8 mask, and whether it had to be clipped to the image. A box entirely
+    outside the image is a RecordError (the record is quarantined)."""
     height, width = shape
     values = (x_min, y_min, x_max, y_max)
     if not all(math.isfinite(v) for v in values):
@@ -40,6 +41,8 @@ def box_mask(shape: tuple[int, int], x_min: float, y_min: float, x_max: float, y
     if row1 < row0:
         row0 = row1 = math.floor((y_min + y_max) / 2)
     clipped = col0 < 0 or row0 < 0 or col1 >= width or row1 >= height
+    if col1 < 0 or row1 < 0 or col0 >= width or row0 >= height:  # a positive with an empty mask: never accepted
+        raise RecordError(f"box {values} lies entirely outside the {height}x{width} image")
     mask = np.zeros(shape, dtype=np.uint8)
     mask[max(row0, 0) : max(min(row1, height - 1) + 1, 0), max(col0, 0) : max(min(col1, width - 1) + 1, 0)] = 1
     return mask, clipped
