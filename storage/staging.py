@@ -215,6 +215,22 @@ class StagedVersion:
                 finished.add(int(digits))
         return finished
 
+    def release_damaged_shards(self) -> list[str]:
+        """Check every finished shard's ledger and manifest part against the checksum written with it; a
+        damaged one is no longer counted as finished (its marker is set aside as `_ledger/damaged-*.json`),
+        so a resumed build regenerates it instead of failing on it forever. Returns what was damaged."""
+        damaged = []
+        for k in sorted(self.finished_shards()):
+            try:
+                ledger = json.loads(self.root.read_bytes(self._ledger_path(k)))
+                read_parts(self.root, self._dir, [k], self.n_shards, {k: ledger["manifest_sha256"]})
+            except (StorageError, ValueError, KeyError, TypeError, OSError) as error:
+                marker = self.root.read_bytes(self._ledger_path(k))
+                self.root.write_bytes(f"{self._dir}/{LEDGER_DIR}/damaged-{ledger_name(k)}", marker)
+                self.root.remove(self._ledger_path(k))
+                damaged.append(f"shard {k}: {error}")
+        return damaged
+
     def _ledgers(self, shards: set[int]) -> dict[int, dict[str, Any]]:
         return {k: json.loads(self.root.read_bytes(self._ledger_path(k))) for k in sorted(shards)}
 

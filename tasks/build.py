@@ -377,6 +377,8 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
     image_size = int(bank.images.shape[-1])
     spec = ArraySpec(image_size=image_size, pathology_channels=PATHOLOGIES, anatomy_channels=ANATOMY_STRUCTURES)
     staged = stage_version(root, config.dataset, build_id, config.n_samples, config.shard_size, spec)
+    for damage in staged.release_damaged_shards():
+        logger.warning("staged build %s: %s; regenerating that shard", build_id, damage)
     finished = staged.finished_shards()
     pending = sorted(set(range(staged.n_shards)) - finished)
     logger.info("%d shards to generate, %d reused from an earlier run", len(pending), len(finished))

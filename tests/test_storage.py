@@ -764,3 +764,19 @@ def test_a_rewritten_manifest_part_or_a_damaged_catalog_entry_fails_at_open(tmp_
     entry.write_text("{not json")
     with pytest.raises(StorageError, match=r"catalog entry .*v0001.json is damaged"):
         open_dataset(root, "phantom")
+
+
+def test_a_damaged_staged_shard_is_named_and_regenerated_not_a_resume_blocked_forever(tmp_path):
+    staged = stage_version(tmp_path, "ds", "b1", 9, 3, spec())
+    write_shards(staged, shards=[0, 1])
+    part = tmp_path / "ds" / "_staging" / "b1" / "manifest" / "part-00001-of-00003.parquet"
+    part.write_bytes(part.read_bytes()[:-20] + b"\0" * 20)  # flipped bytes in a finished shard's manifest part
+
+    resumed = stage_version(tmp_path, "ds", "b1", 9, 3, spec())
+    damaged = resumed.release_damaged_shards()
+    assert len(damaged) == 1 and damaged[0].startswith("shard 1:") and "part-00001-of-00003.parquet" in damaged[0]
+    assert resumed.finished_shards() == {0}  # shard 1 is regenerated, shard 0 kept
+    write_shards(resumed, shards=[1, 2])
+    assert resumed.release_damaged_shards() == []
+    resumed.publish({})
+    check_round_trip(open_dataset(tmp_path, "ds"), 9, 3)
