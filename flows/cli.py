@@ -248,17 +248,22 @@ def datasets_list(root: Optional[str] = RootOption, profile: str = ProfileOption
     except storage.StorageError as error:
         errors.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
-    table = Table("dataset", "versions", "latest", "samples", "accepted")
+    from storage.catalog import Root, released_versions
+
+    table = Table("dataset", "versions", "latest (released)", "samples", "accepted")
     damaged = False
     for name in names:
         versions = storage.list_versions(root, name)
         try:
-            summary = storage.open_dataset(root, name, versions[-1]).summary()
+            released = released_versions(Root(root), name)
+            shown = ", ".join(v if v in released else f"{v} (candidate)" for v in versions)
+            latest = released[-1] if released else None
+            summary = storage.open_dataset(root, name, latest or versions[-1]).summary()
         except storage.StorageError as error:  # one damaged version: list the rest, mark this one
             damaged = True
             table.add_row(name, ", ".join(versions), versions[-1], "DAMAGED", str(error))
             continue
-        table.add_row(name, ", ".join(versions), versions[-1], str(summary["n_samples"]), str(summary["accepted"]))
+        table.add_row(name, shown, latest or "none: candidates only", str(summary["n_samples"]), str(summary["accepted"]))
     console.print(table if names else f"no published datasets under {root}")
     if damaged:
         raise typer.Exit(1)
@@ -295,6 +300,30 @@ def datasets_verify(
     raise typer.Exit(1)
 
 
+@datasets_app.command("promote")
+def datasets_promote(
+    name: str = typer.Argument(..., help="NAME@VERSION: the candidate to release"),
+    root: Optional[str] = RootOption,
+    profile: str = ProfileOption,
+) -> None:
+    """Release a candidate version: `latest` (and the dataset's LATEST pointer file) then mean it, if it is
+    the newest released version."""
+    import storage
+
+    root = root or _config(profile, None, None).storage.root
+    dataset, _, version = name.partition("@")
+    if not version:
+        errors.print(f"name the version to promote: {dataset}@VERSION", style="red", markup=False)
+        raise typer.Exit(2)
+    try:
+        promoted = storage.promote(root, dataset, version)
+        latest = storage.open_dataset(root, dataset).version
+    except storage.StorageError as error:
+        errors.print(str(error), style="red", markup=False)
+        raise typer.Exit(1) from None
+    console.print(f"{dataset}/{promoted} released; latest is {dataset}/{latest}")
+
+
 @datasets_app.command("show")
 def datasets_show(
     name: str = typer.Argument(..., help="NAME or NAME@VERSION (default version: latest)"),
@@ -314,7 +343,7 @@ def datasets_show(
     summary = ds.summary()
     console.print(f"[bold]{ds.name}/{ds.version}[/bold]  {ds.path}")
     table = Table("", "value")
-    for key in ("n_samples", "accepted", "acceptance_rate", "image_size", "splits", "mask_sources", "reject_reasons"):
+    for key in ("status", "n_samples", "accepted", "acceptance_rate", "image_size", "splits", "mask_sources", "reject_reasons"):
         if key in summary:
             table.add_row(key, str(summary[key]))
     console.print(table)

@@ -17,7 +17,7 @@ in `storage.schema` (MANIFEST_SCHEMA). Writing: `stage_version` -> `StagedVersio
 """
 
 from storage.arrays import ArraySpec
-from storage.catalog import find_published_build, list_datasets, list_versions
+from storage.catalog import find_published_build, list_datasets, list_versions, promote
 from storage.errors import StorageError
 from storage.reader import DatasetVersion, open_dataset
 from storage.schema import MANIFEST_SCHEMA, MASK_SOURCES, manifest_rows_to_table
@@ -35,6 +35,7 @@ __all__ = [
     "list_versions",
     "manifest_rows_to_table",
     "open_dataset",
+    "promote",
     "build_lock",
     "stage_version",
 ]

@@ -1,7 +1,10 @@
 """The catalog: one small JSON file per published version, `<root>/<dataset>/catalog/<version>.json`.
 
 A version is published exactly when its catalog entry exists. The entry is created last, exclusively,
-after the version's files are complete, so a reader never sees a half-written version.
+after the version's files are complete, so a reader never sees a half-written version. Its `status` is
+`released` or `candidate`: `latest` is the newest *released* version (a candidate opens only by its id
+until it is promoted), and `<root>/<dataset>/LATEST` holds that version's id for readers without this
+package. Entries without a status (older stores) count as released.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from storage.errors import StorageError
 from storage.layout import CATALOG_DIR, Root, check_name, version_name, version_number
 
 _ENTRY_SUFFIX = ".json"
+RELEASED = "released"
+CANDIDATE = "candidate"
+LATEST_POINTER = "LATEST"
 
 
 def _root(root: str | Path | Root, storage_options: dict[str, Any] | None = None) -> Root:
@@ -70,11 +76,25 @@ def list_versions(
     return versions
 
 
+def version_status(root: Root, dataset: str, version: str) -> str:
+    return read_entry(root, dataset, version).get("status", RELEASED)
+
+
+def released_versions(root: Root, dataset: str) -> list[str]:
+    """Released versions of a dataset, oldest first (candidates left out)."""
+    return [v for v in published_versions(root, dataset) if version_status(root, dataset, v) == RELEASED]
+
+
 def resolve_version(root: Root, dataset: str, version: str | int) -> str:
-    """'latest' -> newest published; 'v0002' or 2 -> that version if published; else a clear StorageError."""
+    """'latest' -> newest released; 'v0002' or 2 -> that version if published (a candidate too); else a
+    clear StorageError."""
     versions = list_versions(root, dataset)
     if version == "latest":
-        return versions[-1]
+        released = released_versions(root, dataset)
+        if not released:
+            raise StorageError(f"{dataset!r} has no released version, only candidates ({', '.join(versions)}): open one "
+                               f"by its id, or promote it with `aurad datasets promote {dataset}@{versions[-1]}`")
+        return released[-1]
     if isinstance(version, int) and not isinstance(version, bool):
         version = version_name(version)
     check_name(version, "version")
@@ -112,3 +132,24 @@ def read_entry(root: Root, dataset: str, version: str) -> dict[str, Any]:
     if not isinstance(entry, dict):
         raise StorageError(f"catalog entry {root.url_of(path)} is damaged (a {type(entry).__name__}, not a mapping)")
     return entry
+
+
+def write_latest_pointer(root: Root, dataset: str) -> None:
+    """`<root>/<dataset>/LATEST`: the newest released version's id, one line, for readers without this package."""
+    released = released_versions(root, dataset)
+    if released:
+        root.write_bytes(root.path(dataset, LATEST_POINTER), (released[-1] + "\n").encode())
+
+
+def promote(root: str | Path | Root, dataset: str, version: str | int, storage_options: dict[str, Any] | None = None) -> str:
+    """Release a candidate version: `latest` (and the LATEST pointer) move to it if it is the newest
+    released one. Promoting a released version changes nothing. Returns the version id."""
+    r = _root(root, storage_options)
+    check_name(dataset, "dataset")
+    name = resolve_version(r, dataset, list_versions(r, dataset)[-1] if version == "latest" else version)
+    entry = read_entry(r, dataset, name)
+    if entry.get("status", RELEASED) != RELEASED:
+        entry["status"] = RELEASED
+        r.write_bytes(r.path(dataset, CATALOG_DIR, name + _ENTRY_SUFFIX), json.dumps(entry, indent=2, sort_keys=True).encode())
+    write_latest_pointer(r, dataset)
+    return name

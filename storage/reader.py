@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import zarr
 
 from storage.arrays import ARRAY_NAMES, array_dir
-from storage.catalog import read_entry, resolve_version
+from storage.catalog import RELEASED, read_entry, resolve_version
 from storage.errors import StorageError
 from storage.layout import VERSION_FILE, Root, check_name
 from storage.manifest import manifest_counts, read_parts
@@ -69,6 +69,7 @@ class DatasetVersion:
 
     def _check_counts(self) -> None:
         entry = read_entry(self.root, self.name, self.version)
+        self.status: str = entry.get("status", RELEASED)  # released, or a candidate not promoted yet
         accepted = int(pc.sum(self.manifest.column("accepted")).as_py() or 0)
         for what, recorded, found in (("samples", entry.get("n_samples"), self.manifest.num_rows),
                                       ("accepted samples", entry.get("accepted"), accepted)):
@@ -189,6 +190,7 @@ class DatasetVersion:
         return {
             "dataset": self.name,
             "version": self.version,
+            "status": self.status,
             "path": self.path,
             "n_samples": n,
             "accepted": counts["accepted"],

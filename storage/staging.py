@@ -330,11 +330,13 @@ class StagedVersion:
 
     # --- publishing ------------------------------------------------------------------------------
 
-    def publish(self, lineage: dict[str, Any] | None = None) -> str:
+    def publish(self, lineage: dict[str, Any] | None = None, release: bool = True) -> str:
         """Publish as the next version number; returns the version id (e.g. 'v0003').
 
         Every shard must be finished. `lineage` (config, its hash, model ids and checksums, code version,
         stage reports...) is stored in version.json next to what the storage layer records itself.
+        `release=False` publishes a *candidate*: readable by its version id, never `latest` until promoted
+        (`storage.catalog.promote`), so a test build does not become what downstream teams read.
         """
         self._check_staged()
         lineage = dict(lineage or {})
@@ -368,11 +370,14 @@ class StagedVersion:
         }
         _to_json(record, "lineage")  # fail before moving anything
         publish = self._publish_local if self.root.is_local else self._publish_copy
-        version = publish(record)
-        logger.info("published %s/%s from build %s (%d samples)", self.dataset, version, self.build_id, self.n_samples)
+        version = publish(record, catalog.RELEASED if release else catalog.CANDIDATE)
+        if release:
+            catalog.write_latest_pointer(self.root, self.dataset)
+        logger.info("published %s/%s (%s) from build %s (%d samples)", self.dataset, version,
+                    catalog.RELEASED if release else catalog.CANDIDATE, self.build_id, self.n_samples)
         return version
 
-    def _catalog_entry(self, version: str, record: dict[str, Any]) -> dict[str, Any]:
+    def _catalog_entry(self, version: str, record: dict[str, Any], status: str) -> dict[str, Any]:
         return {
             "dataset": self.dataset,
             "version": version,
@@ -380,9 +385,10 @@ class StagedVersion:
             "created": record["created"],
             "n_samples": self.n_samples,
             "accepted": record["counts"]["accepted"],
+            "status": status,
         }
 
-    def _publish_local(self, record: dict[str, Any]) -> str:
+    def _publish_local(self, record: dict[str, Any], status: str) -> str:
         """Rename the staging folder to the next free version folder (the rename arbitrates between
         publishers), then create the catalog entry."""
         for _ in range(_MAX_PUBLISH_TRIES):
@@ -391,14 +397,14 @@ class StagedVersion:
             self.root.write_bytes(f"{self._dir}/{VERSION_FILE}", _to_json({**record, "version": version}, "lineage"))
             if not self.root.rename_dir(self._dir, target):
                 continue
-            if catalog.create_entry(self.root, self.dataset, version, self._catalog_entry(version, record)):
+            if catalog.create_entry(self.root, self.dataset, version, self._catalog_entry(version, record, status)):
                 return version
             logger.warning("catalog entry %s of %s was taken by another publisher; retrying", version, self.dataset)
             if not self.root.rename_dir(target, self._dir):
                 raise StorageError(f"could not move {target} back to {self.path} after a catalog clash")
         raise StorageError(f"gave up publishing {self.path} after {_MAX_PUBLISH_TRIES} version-number clashes")
 
-    def _publish_copy(self, record: dict[str, Any]) -> str:
+    def _publish_copy(self, record: dict[str, Any], status: str) -> str:
         """For roots without atomic rename: reserve a version folder with an exclusive marker file, copy
         the staging files into it, then create the catalog entry; remove the staging folder last."""
         for _ in range(_MAX_PUBLISH_TRIES):
@@ -410,7 +416,7 @@ class StagedVersion:
             self.root.write_bytes(f"{self._dir}/{VERSION_FILE}", _to_json({**record, "version": version}, "lineage"))
             self.root.copy_tree(self._dir, target)
             self.root.remove(marker)
-            if catalog.create_entry(self.root, self.dataset, version, self._catalog_entry(version, record)):
+            if catalog.create_entry(self.root, self.dataset, version, self._catalog_entry(version, record, status)):
                 self.root.remove(self._dir, recursive=True)
                 return version
             logger.warning("catalog entry %s of %s was taken; %s stays unpublished", version, self.dataset, target)

@@ -26,7 +26,16 @@ from aurad_models.mask_generator import MaskSamplingConfig
 from aurad_models.registry import resolve_model
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
-from storage import ArraySpec, DatasetVersion, StagedVersion, build_lock, find_published_build, open_dataset, stage_version
+from storage import (
+    ArraySpec,
+    DatasetVersion,
+    StagedVersion,
+    build_lock,
+    find_published_build,
+    open_dataset,
+    promote,
+    stage_version,
+)
 from tasks.devices import resolve_device
 from tasks.filtering import FilterConfig, ImageStatsReference, image_stats_reference_from_dataset
 from tasks.prompts import FindingPrior, PromptSamplerConfig, estimate_prior, redraw_attributes, sample_prompts, tilted_weights
@@ -109,6 +118,8 @@ class BuildConfig(BaseModel):
     quotas: QuotaConfig = Field(default_factory=QuotaConfig, description="per-finding minimum accepted counts")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="'auto' (cuda if available), 'cpu', 'cuda' (every visible GPU), 'cuda:1' (that one)")
+    release: bool = Field(True, description="publish as released (the new `latest`); false: a candidate, readable by "
+                          "its id until `aurad datasets promote` releases it")
     task_runner: Literal["threads", "dask"] = Field("threads", description="how shards run: threads in this process, or a Dask cluster")
     workers: int = Field(1, ge=1, description="shards generated at once (threads, or Dask workers)")
     cpu_threads: int | None = Field(
@@ -188,6 +199,7 @@ class BuildResult(BaseModel):
     quotas: dict[str, Any]
     report: str
     already_published: bool = False
+    status: str = "released"  # or "candidate": readable by its id, not `latest` until promoted
     seconds: dict[str, float] = {}  # wall time of the build's steps; `shard_tasks` sums the shard task bodies
 
 
@@ -312,7 +324,7 @@ def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion
     """Same settings, models and inputs -> same build id (resume); anything else -> a new build."""
     identity = {
         "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device",
-                                                          "gpu_concurrency_limit", "cpu_threads"}),
+                                                          "gpu_concurrency_limit", "cpu_threads", "release"}),
         "mask_model": models.mask_model_id,
         "image_model": models.image_model_id,
         "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
@@ -360,6 +372,8 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
     published = find_published_build(root, config.dataset, build_id)
     if published is not None:
         logger.info("this build is already published as %s/%s", config.dataset, published)
+        if config.release:  # a candidate of the same build (a test run) is released now, not built again
+            promote(root, config.dataset, published)
         return _existing_result(root, config.dataset, published, build_id)
     logger.info("build %s: %d samples of %s from %s, models %s + %s", build_id, config.n_samples, config.dataset,
                 bank.path, models.mask_model_id, models.image_model_id)
@@ -421,7 +435,7 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
         raise
 
     # 5. Publish atomically.
-    version = staged.publish(lineage)
+    version = staged.publish(lineage, release=config.release)
     seconds["gates_and_publish"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
     logger.info("published %s/%s: %d samples, %d accepted (%.0f s)", config.dataset, version, len(manifest),
@@ -436,6 +450,7 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
         reused_shards=sorted(finished),
         quotas=quotas,
         report=f"{open_dataset(root, config.dataset, version).path}/{report_path}",
+        status="released" if config.release else "candidate",
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
 
@@ -548,6 +563,7 @@ def _existing_result(root: str, dataset: str, version: str, build_id: str) -> Bu
         quotas=ds.lineage.get("quotas", {}),
         report=f"{ds.path}/quality/report.html",
         already_published=True,
+        status=ds.status,
     )
 
 

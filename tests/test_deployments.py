@@ -75,6 +75,8 @@ def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server
     assert nightly["work_pool_name"] == "aurad-gpu"
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["schedules"][0]["active"] is True
+    assert nightly["schedules"][0]["parameters"] == {"overrides": {"release": True}}  # scheduled: released
+    assert nightly["parameters"]["params"]["release"] is False  # a custom run: a candidate
     assert nightly["parameters"]["params"]["n_samples"] == 2000
     assert found[("aurad-evaluate", "evaluate")]["work_pool_name"] == "aurad-cpu"
     assert found[("aurad-train-generators", "train-generators")]["work_pool_name"] == "aurad-gpu"

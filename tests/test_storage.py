@@ -780,3 +780,24 @@ def test_a_damaged_staged_shard_is_named_and_regenerated_not_a_resume_blocked_fo
     assert resumed.release_damaged_shards() == []
     resumed.publish({})
     check_round_trip(open_dataset(tmp_path, "ds"), 9, 3)
+
+
+def test_a_candidate_is_never_latest_until_promoted_and_the_pointer_file_follows(tmp_path):
+    from storage import promote
+
+    build(tmp_path, build_id="b1", n=6, shard_size=3)
+    staged = stage_version(tmp_path, "ds", "b2", 6, 3, spec())
+    write_shards(staged, prefix="t")
+    assert staged.publish({}, release=False) == "v0002"
+    assert open_dataset(tmp_path, "ds").version == "v0001"  # latest: the newest *released*
+    candidate = open_dataset(tmp_path, "ds", "v0002")  # a candidate opens on purpose
+    assert candidate.status == "candidate" and open_dataset(tmp_path, "ds").status == "released"
+    assert (tmp_path / "ds" / "LATEST").read_text() == "v0001\n"
+    assert promote(tmp_path, "ds", "v0002") == "v0002"
+    assert open_dataset(tmp_path, "ds").version == "v0002" and (tmp_path / "ds" / "LATEST").read_text() == "v0002\n"
+
+    only = stage_version(tmp_path, "fresh", "b3", 3, 3, spec())
+    write_shards(only)
+    only.publish({}, release=False)
+    with pytest.raises(StorageError, match="no released version.*aurad datasets promote fresh@v0001"):
+        open_dataset(tmp_path, "fresh")
