@@ -44,6 +44,8 @@ from tasks.quality import (
     QualityConfig,
     QualityGateFailed,
     accepted_frequencies,
+    anatomy_gate,
+    anatomy_stats,
     coverage_gate,
     manifest_gate,
     prompt_gate,
@@ -314,6 +316,22 @@ def topup_prompts(prior: FindingPrior, config: BuildConfig, targets: dict[str, f
     return [out[i] for i in rng.permutation(len(out))]
 
 
+def check_planned_anatomy(bank: DatasetVersion, plans: list[ShardPlan], quality: QualityConfig) -> None:
+    """The shard anatomy gate on every planned shard's anatomy, at planning time: a shard the gate would
+    stop fails the build before anything is generated, naming the shard and the settings that govern it."""
+    failed = []
+    for plan in plans:
+        indices = np.asarray(plan.bank_indices)
+        anatomy = np.asarray(bank.anatomy.get_orthogonal_selection((np.sort(indices),)))
+        gate = anatomy_gate(anatomy_stats(anatomy), quality)
+        if not gate.success:
+            gate.gate = f"anatomy, shard {plan.shard:05d}, bank {bank.name}/{bank.version}"
+            gate.failures.append("set by build.quality.lung_area_range, heart_area_range and anatomy_mostly "
+                                 f"({quality.anatomy_mostly}); or re-run the anatomy bank's QC")
+            failed.append(gate)
+    raise_on_failure(failed)
+
+
 def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.ndarray:
     """Cardiothoracic ratio of each bank sample, from its heart and lung masks."""
     anatomy = np.asarray(bank.anatomy.get_orthogonal_selection((indices,)))
@@ -405,6 +423,7 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
     main_shards = list(range(staged.n_shards - n_topup))
     split = staged.shard_bounds(main_shards[-1])[1]
     plans = plan_shards(config, prompts, bank, staged, [k for k in pending if k in main_shards], prior, (0, split))
+    check_planned_anatomy(bank, plans, config.quality)
     reports = shard_stage(context, plans) if plans else []
     topup = [k for k in pending if k not in main_shards]
     if topup:
@@ -412,7 +431,9 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
         prompts[split:] = topup_prompts(prior, config, targets, main_rows.iloc[:split], len(prompts) - split,
                                         derive_seed(config.seed, "topup"))
         logger.info("top-up: %d samples for the findings the main shards left short", len(prompts) - split)
-        reports += shard_stage(context, plan_shards(config, prompts, bank, staged, topup, prior, (split, len(prompts))))
+        topup_plans = plan_shards(config, prompts, bank, staged, topup, prior, (split, len(prompts)))
+        check_planned_anatomy(bank, topup_plans, config.quality)
+        reports += shard_stage(context, topup_plans)
     seconds["shards"] = time.perf_counter() - tick
     seconds["shard_tasks"] = sum(r.seconds["total"] for r in reports)
     tick = time.perf_counter()

@@ -386,3 +386,17 @@ def test_the_readme_reader_snippet_runs_on_a_published_version_without_this_pack
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
     assert namespace["version"].endswith(result.version)
     assert namespace["first"][1].shape[0] == len(PATHOLOGIES)
+
+
+def test_an_anatomy_gate_failure_stops_the_build_at_planning_naming_the_shard_and_the_setting(root, monkeypatch):
+    import tasks.generate as generate
+    from flows.build import build_flow
+
+    generated: list[int] = []
+    monkeypatch.setattr(generate, "generate_samples", lambda *a, **k: generated.append(1))  # must never run
+    config = tiny_build_config(root)
+    strict = config.model_copy(update={"quality": config.quality.model_copy(update={"lung_area_range": (0.9, 1.0)})})
+    with pytest.raises(QualityGateFailed, match=r"\[anatomy, shard 00000, bank anatomy-bank/v0001\].*") as failure:
+        build_flow(strict)
+    assert "build.quality.lung_area_range" in str(failure.value) and generated == []
+    assert published_versions(root, config.dataset) == []
