@@ -33,7 +33,7 @@ class AugmentationConfig(BaseModel):
     translate_fraction: float = Field(0.04, ge=0, description="shift range +- as a fraction of the image size")
     contrast_prob: float = Field(0.3, ge=0, le=1, description="share of images whose contrast (gamma) changes")
     gamma: tuple[float, float] = Field((0.8, 1.25), description="gamma range of the contrast change")
-    noise_prob: float = Field(0.3, ge=0, le=1)
+    noise_prob: float = Field(0.3, ge=0, le=1, description="share of images that get Gaussian noise")
     noise_std: float = Field(0.015, ge=0, description="Gaussian noise on the [0, 1] image")
 
 

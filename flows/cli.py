@@ -347,14 +347,18 @@ def datasets_show(
         if key in summary:
             table.add_row(key, str(summary[key]))
     console.print(table)
+    from aurad_models.vocabulary import PATHOLOGIES
+
     findings = Table("finding", "accepted samples")
-    for label, count in sorted(summary.get("findings_accepted", {}).items()):
-        findings.add_row(label, str(count))
+    held = summary.get("findings_accepted", {})
+    for label in PATHOLOGIES:  # every class, a missing one flagged
+        count = held.get(label, 0)
+        findings.add_row(label, str(count) if count else "[red]0[/red]")
     console.print(findings)
     lineage = ds.lineage
     keep = {k: lineage[k] for k in ("kind", "build_id", "created", "config_hash", "models", "inputs", "code_version") if k in lineage}
     console.print_json(json.dumps(keep, default=str))
-    for report in ("quality/report.html", "quality/gates.html", "quality/evaluation/report.html"):
+    for report in ("quality/report.html", "quality/gates.html", "quality/evaluation.html"):
         path = Path(str(ds.path)) / report
         if path.exists():
             console.print(f"report: {path}")

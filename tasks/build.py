@@ -12,13 +12,20 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aurad_models.anatomy_rules import cardiothoracic_ratio
-from aurad_models.experts import ANATOMY_SEGMENTER_KIND, LESION_SEGMENTER_KIND, PATHOLOGY_CLASSIFIER_KIND, ExpertChoice, resolve_choice
+from aurad_models.experts import (
+    ANATOMY_SEGMENTER_KIND,
+    LESION_SEGMENTER_KIND,
+    PATHOLOGY_CLASSIFIER_KIND,
+    ExpertChoice,
+    resolve_choice,
+)
 from aurad_models.findings import Finding
 from aurad_models.hashing import config_hash
 from aurad_models.image_generator import ImageSamplingConfig
@@ -37,8 +44,19 @@ from storage import (
     stage_version,
 )
 from tasks.devices import resolve_device
-from tasks.filtering import FilterConfig, ImageStatsReference, image_stats_reference_from_dataset
-from tasks.prompts import FindingPrior, PromptSamplerConfig, estimate_prior, redraw_attributes, sample_prompts, tilted_weights
+from tasks.filtering import (
+    FilterConfig,
+    ImageStatsReference,
+    image_stats_reference_from_dataset,
+)
+from tasks.prompts import (
+    FindingPrior,
+    PromptSamplerConfig,
+    estimate_prior,
+    redraw_attributes,
+    sample_prompts,
+    tilted_weights,
+)
 from tasks.quality import (
     GateResult,
     QualityConfig,
@@ -52,7 +70,7 @@ from tasks.quality import (
     raise_on_failure,
     render_quality_html,
 )
-from tasks.report import render_version_report
+from tasks.report import finding_samples_of, render_version_report
 
 if TYPE_CHECKING:
     from tasks.generate import ShardReport
@@ -446,7 +464,7 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
         gates.append(coverage_gate(frequencies, config.quality))
     quotas = quota_report(manifest, config)
     lineage = _lineage(config, models, source, bank, build_id, targets, reports, quotas, started)
-    report_path = _write_quality(staged, gates, manifest, frequencies, reports, quotas, config)
+    report_path = _write_quality(staged, gates, manifest, frequencies, reports, quotas, config, lineage)
     if config.quotas.required and not quotas["met"]:
         gates.append(GateResult("quotas", False, [f"quota missed: {m}" for m in quotas["missed"]], {}, len(manifest)))
     try:
@@ -502,10 +520,10 @@ def _acceptance(manifest) -> dict[str, Any]:
     }
 
 
-def _write_quality(staged, gates, manifest, accepted, reports, quotas, config) -> str:
+def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, lineage) -> str:
     """GE results, a readable gate page, the build report: all inside the version before it is published.
     Finding frequencies count *accepted* samples (`accepted`: `tasks.quality.accepted_frequencies`)."""
-    shard_gates = [g for r in reports for g in r.gates]
+    shard_gates = [{**g, "gate": f"{g['gate']} (shard {r.shard:05d})"} for r in reports for g in r.gates]
     staged.write_file("quality/gates.json", json.dumps([g.to_json() for g in gates], indent=1, default=str))
     staged.write_file("quality/gates.html", render_quality_html(gates, f"{config.dataset}: data-quality gates"))
     frequencies = [{"label": r["label"], "target": r["target"], "produced": r["accepted_share"], "accepted": r["accepted"],
@@ -525,8 +543,15 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config) -
         pathology=np.asarray(arrays["masks"].get_orthogonal_selection((show,))),
         anatomy=np.asarray(arrays["anatomy"].get_orthogonal_selection((show,))),
         captions=manifest["prompt"].iloc[show].tolist(),
-        summary={"samples": len(manifest), "accepted": acceptance["accepted"], "acceptance rate": acceptance["rate"],
-                 "quotas met": quotas["met"]},
+        summary={"dataset": config.dataset, "build": staged.build_id, "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                 "status": "released" if config.release else "candidate (aurad datasets promote releases it)",
+                 "seed": config.seed, "source": lineage["inputs"]["source"], "anatomy bank": lineage["inputs"]["anatomy_bank"],
+                 "mask generator": lineage["models"]["mask_generator"]["id"],
+                 "image generator": lineage["models"]["image_generator"]["id"],
+                 "samples": len(manifest), "accepted": acceptance["accepted"], "acceptance rate": acceptance["rate"],
+                 "quotas met": quotas["met"], "gates": "gates.html (great-expectations results: gates.json)",
+                 "evaluation": "evaluation.html, once `aurad evaluate` has run"},
+        finding_samples=finding_samples_of(arrays["images"], arrays["masks"], manifest),
         frequencies=frequencies,
         acceptance=acceptance,
         gates=[{"gate": g.gate, "success": g.success, "failures": g.failures} for g in gates] + shard_gates,

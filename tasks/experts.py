@@ -61,18 +61,20 @@ class ClassifierTrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image_size: int | None = Field(None, ge=16, description="training resolution; None: the source's")
-    init_features: int = 16
-    growth_rate: int = 8
-    block_config: tuple[int, ...] = (2, 4, 6, 4)
-    dropout_prob: float = 0.0
-    steps: int = Field(500, ge=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    init_features: int = Field(16, description="DenseNet: feature maps of the first convolution")
+    growth_rate: int = Field(8, description="DenseNet: feature maps each dense layer adds")
+    block_config: tuple[int, ...] = Field((2, 4, 6, 4), description="DenseNet: dense layers in each dense block")
+    dropout_prob: float = Field(0.0, description="DenseNet: dropout probability in the dense layers, 0-1")
+    steps: int = Field(500, ge=1, description="optimiser steps (AdamW, one-cycle schedule)")
+    batch_size: int = Field(32, ge=1, description="training images per step")
+    learning_rate: float = Field(3e-3, gt=0, description="peak learning rate of the one-cycle schedule")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
     max_pos_weight: float = Field(4.0, ge=1, description="cap of the per-finding positive weight (1 - p) / p")
-    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
-    seed: int = 0
-    log_every: int = Field(100, ge=1)
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig, description="random affine and intensity changes of the training images"
+    )
+    seed: int = Field(0, description="seed of the initialisation, batches, augmentation and max_*_samples subsets")
+    log_every: int = Field(100, ge=1, description="steps between loss lines in the log")
 
 
 class SegmenterTrainingConfig(BaseModel):
@@ -81,16 +83,19 @@ class SegmenterTrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image_size: int | None = Field(None, ge=16, description="training resolution; None: the source's")
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    strides: tuple[int, ...] = (2, 2, 2)
-    num_res_units: int = 1
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
-    seed: int = 0
-    log_every: int = Field(100, ge=1)
+    channels: tuple[int, ...] = Field((16, 32, 64, 128), description="UNet channels per level")
+    strides: tuple[int, ...] = Field((2, 2, 2), description="UNet down-sampling strides (one fewer than channels)")
+    num_res_units: int = Field(1, description="residual units per UNet block (0: plain conv blocks)")
+    steps: int = Field(300, ge=1, description="optimiser steps (AdamW, one-cycle schedule)")
+    batch_size: int = Field(16, ge=1, description="training images per step")
+    learning_rate: float = Field(5e-3, gt=0, description="peak learning rate of the one-cycle schedule")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig,
+        description="random affine (image and masks together) and intensity augmentation of the training images",
+    )
+    seed: int = Field(0, description="seed of the initialisation, batches, augmentation and max_*_samples subsets")
+    log_every: int = Field(100, ge=1, description="steps between loss lines in the log")
 
 
 class LesionSegmenterTrainingConfig(SegmentationConfig):
@@ -99,12 +104,12 @@ class LesionSegmenterTrainingConfig(SegmentationConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    max_steps: int = Field(3000, ge=1)
-    patience: int = Field(6, ge=1)
+    channels: tuple[int, ...] = Field((16, 32, 64, 128), description="UNet channels per level")
+    max_steps: int = Field(3000, ge=1, description="optimiser steps at most")
+    patience: int = Field(6, ge=1, description="stop after this many checks without a better validation Dice")
     accept_share: float = Field(0.9, gt=0, lt=1, description="calibration: the share of real validation images the "
                                 "fidelity expert's thresholds let through, per finding")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the initialisation, batches and augmentation")
 
 
 class ExpertsTrainingConfig(BaseModel):
@@ -112,13 +117,30 @@ class ExpertsTrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    train_split: str = "train"
-    val_split: str = "val"
-    max_train_samples: int | None = Field(None, ge=1)
-    max_val_samples: int | None = Field(None, ge=1)
-    classifier: ClassifierTrainingConfig | None = Field(default_factory=ClassifierTrainingConfig)
-    segmenter: SegmenterTrainingConfig | None = Field(default_factory=SegmenterTrainingConfig)
-    lesion_segmenter: LesionSegmenterTrainingConfig | None = Field(default_factory=LesionSegmenterTrainingConfig)
+    train_split: str = Field("train", description="source split the experts train on")
+    val_split: str = Field(
+        "val", description="source split the experts are validated on (and the lesion segmenter calibrated on)"
+    )
+    max_train_samples: int | None = Field(
+        None,
+        ge=1,
+        description="cap on training images of the classifier and anatomy segmenter, a seeded subset (None: all)",
+    )
+    max_val_samples: int | None = Field(
+        None,
+        ge=1,
+        description="cap on validation images of the classifier and anatomy segmenter, a seeded subset (None: all)",
+    )
+    classifier: ClassifierTrainingConfig | None = Field(
+        default_factory=ClassifierTrainingConfig, description="the pathology classifier (DenseNet); null: not trained"
+    )
+    segmenter: SegmenterTrainingConfig | None = Field(
+        default_factory=SegmenterTrainingConfig, description="the anatomy segmenter (UNet); null: not trained"
+    )
+    lesion_segmenter: LesionSegmenterTrainingConfig | None = Field(
+        default_factory=LesionSegmenterTrainingConfig,
+        description="the fidelity expert (a lesion UNet trained on real images); null: not trained",
+    )
     labelled_subset: LabelledSubset | None = Field(
         None, description="train the classifier and the lesion segmenter with scarce labels: this seeded share of the "
         "train split only (the anatomy segmenter keeps every image: anatomy is not the scarce label)")

@@ -144,30 +144,61 @@ def sample_grid_section(
     captions: Sequence[str] | None = None,
     per_finding: int = 8,
     ncols: int = 8,
+    finding_samples: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """All samples with their masks overlaid, then one grid per finding (samples having it, only that
-    finding's mask drawn) so each class's masks can be checked by eye."""
+    finding's mask drawn) so each class's masks can be checked by eye. `finding_samples` ({label: {"images",
+    "pathology", "captions"}}, e.g. from `finding_samples_of`) draws those grids from the whole version;
+    without it they come from the samples shown, and a finding none of them holds is named."""
     from aurad_models.visualize import overlay_grid
 
-    images, pathology, anatomy = _upscaled(images, pathology, anatomy)
+    shown = _upscaled(images, pathology, anatomy)
     parts = ["<h2 id=\"samples\">Samples</h2>"]
-    grid = overlay_grid(images, pathology=pathology, anatomy=anatomy, titles=list(captions) if captions else None, ncols=ncols)
+    grid = overlay_grid(shown[0], pathology=shown[1], anatomy=shown[2], titles=list(captions) if captions else None, ncols=ncols)
     parts.append(figure_html(rgb_png(grid), f"{len(images)} samples with pathology masks overlaid (colour per finding)"
                              + ("; anatomy outlined" if anatomy is not None else "") + ".", "sample grid"))
-    if pathology is None:
+    if finding_samples is None and pathology is None:
         return "".join(parts)
+    if finding_samples is None:
+        finding_samples = {}
+        for c, label in enumerate(PATHOLOGIES):
+            having = np.flatnonzero(pathology[:, c].reshape(len(pathology), -1).any(axis=1))[:per_finding]
+            finding_samples[label] = {"images": images[having], "pathology": pathology[having],
+                                      "captions": [captions[i] for i in having] if captions else None}
+    missing = []
     for c, label in enumerate(PATHOLOGIES):
-        having = np.flatnonzero(pathology[:, c].reshape(len(pathology), -1).any(axis=1))[:per_finding]
-        if having.size == 0:
+        found = finding_samples.get(label)
+        if found is None or len(found["images"]) == 0:
+            missing.append(label)
             continue
-        only = np.zeros_like(pathology[having])
-        only[:, c] = pathology[having, c]
-        titles = [captions[i] for i in having] if captions else None
-        grid = overlay_grid(images[having], pathology=only, titles=titles, ncols=min(ncols, len(having)))
+        found_images, found_masks = _upscaled(np.asarray(found["images"]), np.asarray(found["pathology"]))
+        only = np.zeros_like(found_masks)
+        only[:, c] = found_masks[:, c]
+        grid = overlay_grid(found_images, pathology=only, titles=found.get("captions"), ncols=min(ncols, len(found_images)))
         parts.append(f"<h3 id=\"samples-{label}\">{html.escape(label)}</h3>")
-        parts.append(figure_html(rgb_png(grid), f"{len(having)} samples with a {label} mask; only the {label} mask is drawn.",
-                                 f"{label} samples"))
+        parts.append(figure_html(rgb_png(grid), f"{len(found_images)} accepted samples with a {label} mask; only the "
+                                 f"{label} mask is drawn.", f"{label} samples"))
+    if missing:
+        parts.append(f"<p class=\"bad\" id=\"samples-missing\">No sample with a mask of: {html.escape(', '.join(missing))}.</p>")
     return "".join(parts)
+
+
+def finding_samples_of(images: Any, masks: Any, manifest: Any, per_finding: int = 8) -> dict[str, dict[str, Any]]:
+    """Per finding, the first `per_finding` accepted samples of the whole version that hold it (zarr arrays
+    `images` (stored 16-bit) and `masks`, the manifest as pandas): the report's per-finding grids."""
+    from aurad_models.pixels import stored_to_unit
+
+    accepted = manifest[manifest["accepted"]]
+    out = {}
+    for label in PATHOLOGIES:
+        holds = accepted["findings"].map(lambda fs, label=label: any(f["label"] == label for f in fs))
+        index = np.sort(accepted.index[holds.to_numpy()].to_numpy()[:per_finding])
+        out[label] = {
+            "images": stored_to_unit(np.asarray(images.get_orthogonal_selection((index,)))) if index.size else np.zeros((0,)),
+            "pathology": np.asarray(masks.get_orthogonal_selection((index,))) if index.size else np.zeros((0,)),
+            "captions": manifest["prompt"].iloc[index].tolist(),
+        }
+    return out
 
 
 def _upscaled(images: np.ndarray, *masks: np.ndarray | None, min_size: int = 128) -> tuple[np.ndarray | None, ...]:
@@ -244,7 +275,19 @@ def acceptance_section(acceptance: Mapping[str, Any]) -> str:
             name = key.replace("_", " ")
             parts.append(f"<h3>{html.escape(name)}</h3>")
             parts.append(nested_table_html(value, key.removeprefix("per_"), f"Acceptance {name}.", f"acceptance-{key}"))
+        elif isinstance(value, Mapping) and value:  # a flat mapping: per expert share, samples per number of tries
+            head, caption = _ACCEPTANCE_TABLES.get(key, (["", "value"], None))
+            parts.append(f"<h3>{html.escape(key.replace('_', ' '))}</h3>")
+            parts.append(table_html(head, ([str(k), v] for k, v in value.items()), caption, f"acceptance-{key}", text_columns=1))
     return "".join(parts)
+
+
+_ACCEPTANCE_TABLES = {
+    "per_expert": (["expert", "share of samples it accepts"], "Each expert's verdict on the final try of every sample "
+                   "(a sample is accepted when every expert accepts it)."),
+    "tries": (["tries", "samples"], "Samples by the number of tries they took (new seeds, then redrawn prompts); the "
+              "last count holds the samples still rejected after every try."),
+}
 
 
 def gates_section(gates: Sequence[Mapping[str, Any]]) -> str:
@@ -290,7 +333,8 @@ def metrics_section(metrics: Mapping[str, Any]) -> str:
         parts.append(table_html(["metric", "values", "what it measures"], rows, None, "metrics-table", text_columns=3))
     for key, title, caption in (
         ("mask_anatomy", "Mask–anatomy consistency", "Share of each finding's mask pixels inside the anatomy allowed for it; "
-         "'share usable' = masks with at least 90% inside."),
+         "'share usable' = masks with at least 90% inside. 1.000 by construction when the build clips masks to their "
+         "region (build.mask_sampling.restrict_to_region, the default): bench/quality.py measures the raw masks."),
         ("expert_agreement", "Expert agreement", "How often the classifier detects a prompted finding, and fires on an absent one."),
     ):
         entry = metrics.get(key)
@@ -545,6 +589,7 @@ def render_version_report(
     gates: Sequence[Mapping[str, Any]] | None = None,
     metrics: Mapping[str, Any] | None = None,
     evaluations: Sequence[Mapping[str, Any]] = (),
+    finding_samples: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The page of one dataset version: samples with masks, finding frequencies, acceptance, data-quality
     gates, quality metrics and (if given) downstream results. Sections without input are left out.
@@ -560,9 +605,9 @@ def render_version_report(
     body = []
     if summary:
         flat = {k: v for k, v in summary.items() if not isinstance(v, (Mapping, list))}
-        body.append("<h2 id=\"summary\">Summary</h2>" + table_html(["", "value"], flat.items(), None, "summary-table", 2))
+        body.append("<h2 id=\"summary\">Summary</h2>" + table_html(["", "value"], flat.items(), None, "summary-table", text_columns=2))
     if images is not None and len(images):
-        body.append(sample_grid_section(images, pathology, anatomy, captions))
+        body.append(sample_grid_section(images, pathology, anatomy, captions, finding_samples=finding_samples))
     if frequencies:
         body.append(frequency_section(frequencies))
     if acceptance:
@@ -594,7 +639,7 @@ def render_evaluation_report(
     ]
     if sources:
         body.append(table_html(["", "value"], ([k, v if not isinstance(v, Mapping) else ", ".join(f"{a}={b}" for a, b in v.items())]
-                                                for k, v in sources.items()), "Data used.", "sources-table", 2))
+                                                for k, v in sources.items()), "Data used.", "sources-table", text_columns=2))
     realism = metrics_headline(metrics)
     if realism:
         body.append("<ul id=\"realism\">" + "".join(f"<li>{html.escape(line)}</li>" for line in realism) + "</ul>")

@@ -140,9 +140,9 @@ class LabelledSubset(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fraction: float = Field(0.05, gt=0, le=1)
-    seed: int = 0
-    min_count: int = Field(4, ge=1)
+    fraction: float = Field(0.05, gt=0, le=1, description="share of the real training split whose labels are kept, 0-1")
+    seed: int = Field(0, description="seed of the random draw of the subset")
+    min_count: int = Field(4, ge=1, description="least number of labelled samples (at most the whole split)")
 
     def indices(self, n: int) -> np.ndarray:
         return real_subset(n, self.fraction, self.seed, self.min_count)
@@ -206,11 +206,14 @@ class TrainingSchedule(BaseModel):
     max_steps: int = Field(1500, ge=1, description="optimiser steps at most")
     eval_every: int = Field(100, ge=1, description="steps between validation checks (the best check is kept)")
     patience: int = Field(4, ge=1, description="stop after this many checks without a better validation score")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="training samples per optimiser step")
     learning_rate: float = Field(5e-3, gt=0, description="peak of the one-cycle schedule (warm-up, cosine decay over max_steps)")
     finetune_learning_rate: float = Field(2e-3, gt=0, description="peak when fine-tuning a pre-trained model")
-    augment: bool = True
-    augmentation: AugmentationConfig = Field(default_factory=_downstream_augmentation)
+    augment: bool = Field(True, description="augment the training batches (the `augmentation` settings); false: none")
+    augmentation: AugmentationConfig = Field(
+        default_factory=_downstream_augmentation,
+        description="random affine, contrast and noise of the training batches when augment is on",
+    )
 
 
 class SegmentationConfig(TrainingSchedule):
@@ -219,7 +222,7 @@ class SegmentationConfig(TrainingSchedule):
     channels: tuple[int, ...] = Field((8, 16, 32, 64), description="UNet channels per level")
     strides: tuple[int, ...] = Field((2, 2, 2), description="UNet down-sampling strides (one fewer than channels)")
     num_res_units: int = Field(0, ge=0, description="0: plain conv blocks (half the cost of 1 at 64 px)")
-    norm: Literal["batch", "instance"] = "batch"
+    norm: Literal["batch", "instance"] = Field("batch", description="UNet normalisation layers: batch or instance norm")
     prior: float = Field(0.02, gt=0, lt=0.5, description="initial foreground probability of every output pixel")
     threshold: float = Field(0.5, gt=0, lt=1, description="sigmoid threshold for a predicted mask")
 
@@ -227,14 +230,16 @@ class SegmentationConfig(TrainingSchedule):
 class DetectionConfig(TrainingSchedule):
     """A RetinaNet with a tiny convolutional backbone (no pretrained weights)."""
 
-    max_steps: int = Field(800, ge=1)
-    batch_size: int = Field(8, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    finetune_learning_rate: float = Field(1e-3, gt=0)
+    max_steps: int = Field(800, ge=1, description="optimiser steps at most")
+    batch_size: int = Field(8, ge=1, description="training samples per optimiser step")
+    learning_rate: float = Field(
+        2e-3, gt=0, description="peak of the one-cycle schedule (warm-up, cosine decay over max_steps)"
+    )
+    finetune_learning_rate: float = Field(1e-3, gt=0, description="peak when fine-tuning a pre-trained model")
     backbone_channels: tuple[int, ...] = Field((16, 32, 64), description="conv widths; every layer but the last halves the size")
     anchor_sizes: tuple[float, ...] = Field((4, 8, 16, 32), description="anchor sides in pixels at 64 px (scaled with the image)")
     min_box_area: int = Field(4, ge=1, description="smallest mask component (pixels at 64 px) that becomes a box")
-    score_threshold: float = Field(0.05, ge=0, lt=1)
+    score_threshold: float = Field(0.05, ge=0, lt=1, description="RetinaNet drops detections scoring below this (0-1)")
 
 
 class DownstreamConfig(BaseModel):
@@ -242,10 +247,14 @@ class DownstreamConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tasks: tuple[Task, ...] = ("segmentation",)
+    tasks: tuple[Task, ...] = Field(
+        ("segmentation",), description="downstream tasks to retrain and score: segmentation and/or detection"
+    )
     real_fractions: tuple[float, ...] = Field((0.05, 0.10), description="shares of the real training split")
     seeds: int = Field(8, ge=1, description="paired seeds per regime (8 resolve a gain of about 0.015 Dice here)")
-    base_seed: int = 0
+    base_seed: int = Field(
+        0, description="seed that every downstream run's seed (init, batches, scarce subset) and the C2ST derive from"
+    )
     min_real: int = Field(4, ge=1, description="least number of real images in a scarce subset")
     oracle: bool = Field(True, description="also train with real samples in place of the synthetic ones (same count and class mix)")
     oracle_fractions: tuple[float, ...] | None = Field(
@@ -265,8 +274,14 @@ class DownstreamConfig(BaseModel):
     labelled_subset: LabelledSubset | None = Field(
         None, description="the scarce labels the generators and experts were trained with: at its fraction every seed "
         "gets exactly this subset (None: a fresh seeded subset per seed)")
-    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
-    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    segmentation: SegmentationConfig = Field(
+        default_factory=SegmentationConfig,
+        description="the downstream segmenter (UNet, scored by Dice) and its training schedule",
+    )
+    detection: DetectionConfig = Field(
+        default_factory=DetectionConfig,
+        description="the downstream detector (RetinaNet, scored by mAP@0.5) and its training schedule",
+    )
 
 
 # --- models --------------------------------------------------------------------------------------

@@ -36,12 +36,18 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field("aurad-data", description="storage root")
-    dataset: str = "phantom"
-    n_samples: int = Field(1600, ge=1)
-    shard_size: int = Field(200, ge=1)
-    seed: int = 0
-    splits: dict[str, float] = Field(default_factory=lambda: {"train": 0.6, "val": 0.1, "unlabelled": 0.15, "test": 0.15})
-    phantom: PhantomConfig = Field(default_factory=lambda: PhantomConfig(size=64))
+    dataset: str = Field("phantom", description="name of the source dataset to publish a version of")
+    n_samples: int = Field(1600, ge=1, description="number of phantom CXRs to generate")
+    shard_size: int = Field(200, ge=1, description="samples per shard (one generation task, one zarr shard)")
+    seed: int = Field(0, description="base seed; every sample's seed and split derive from it and its index")
+    splits: dict[str, float] = Field(
+        default_factory=lambda: {"train": 0.6, "val": 0.1, "unlabelled": 0.15, "test": 0.15},
+        description="share of the samples in each split (train, val, unlabelled, test); non-negative, sums to 1",
+    )
+    phantom: PhantomConfig = Field(
+        default_factory=lambda: PhantomConfig(size=64),
+        description="the procedural phantom: image size, finding prior, patient and imaging variation",
+    )
 
     @field_validator("splits")
     @classmethod

@@ -61,26 +61,32 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(400, ge=1)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_steps: int = Field(20, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    steps: int = Field(400, ge=1, description="optimiser steps in all (AdamW)")
+    batch_size: int = Field(16, ge=1, description="training samples per step (and per validation batch)")
+    learning_rate: float = Field(2e-3, gt=0, description="peak learning rate, reached after the warm-up")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(20, ge=0, description="steps of linear learning-rate warm-up to the peak")
+    lr_schedule: Literal["cosine", "constant"] = Field(
+        "cosine", description="after the warm-up: cosine decay to min_lr_ratio of the peak, or constant"
+    )
     min_lr_ratio: float = Field(0.05, ge=0, le=1, description="cosine decays to this share of the peak")
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.99, ge=0, lt=1)
-    checkpoint_every: int = Field(200, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(20, ge=1)
+    grad_clip: float = Field(1.0, gt=0, description="largest gradient norm; larger gradients are scaled down to it")
+    ema_decay: float = Field(
+        0.99, ge=0, lt=1, description="decay of the exponential moving average of the weights (the model that is saved)"
+    )
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints (a rerun resumes from the last)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept on disk; older ones are deleted")
+    log_every: int = Field(20, ge=1, description="steps between lines of the loss log (mean loss since the last)")
     validate_every: int = Field(0, ge=0, description="0: validate only at the end")
-    n_validation_samples: int = Field(8, ge=0)
+    n_validation_samples: int = Field(8, ge=0, description="samples in the validation grid PNG (0: no grid)")
     validation_batches: int = Field(4, ge=0, description="batches of the val split for the validation loss")
-    validation_inference_steps: int = Field(20, ge=1)
-    seed: int = 0
+    validation_inference_steps: int = Field(20, ge=1, description="denoising steps per validation grid sample")
+    seed: int = Field(0, description="seed of the initialisation, batches, noise and validation draws")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (default: the CPUs available)")
-    device: Device = "auto"
-    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    device: Device = Field("auto", description="cuda / cpu; auto: cuda if available")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "bf16", description="autocast of the training steps on CUDA (bf16 also on CPUs with native bf16); no: fp32"
+    )
     time_limit_minutes: float | None = Field(
         None, gt=0, description="stop early (and save) after this long; makes the run depend on machine speed"
     )

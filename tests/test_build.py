@@ -400,3 +400,24 @@ def test_an_anatomy_gate_failure_stops_the_build_at_planning_naming_the_shard_an
         build_flow(strict)
     assert "build.quality.lung_area_range" in str(failure.value) and generated == []
     assert published_versions(root, config.dataset) == []
+
+
+def test_the_build_report_names_its_inputs_and_shows_every_finding_tries_experts_and_shard_gates(published):
+    """report.html, parsed: the summary names build, seed, source, bank and models; per-expert acceptance and
+    tries are tables; every finding an accepted sample holds gets its own grid (drawn from the whole version,
+    not the 16 shown); shard gates carry their shard number."""
+    from test_report import Page
+
+    root, result = published
+    path = root / result.dataset / result.version
+    page = Page((path / "quality" / "report.html").read_text())
+    summary = {cells[0]: cells[1] for _, cells in page.tables["summary-table"][1:]}
+    assert summary["build"] == result.build_id and summary["seed"] == str(tiny_build_config(root).seed) and summary["source"].startswith("phantom/v")
+    assert summary["mask generator"].startswith("mask-generator-") and summary["status"] == "released"
+    assert [cells[0] for _, cells in page.tables["acceptance-per_expert"][1:]]  # one row per expert
+    assert page.tables["acceptance-tries"][0][1] == ["tries", "samples"]
+    manifest = open_dataset(root, result.dataset, result.version).to_pandas()
+    held = {f["label"] for fs in manifest[manifest["accepted"]]["findings"] for f in fs}
+    assert held and held <= set(page.headings)
+    gate_names = [cells[0] for cls, cells in page.tables["gates-table"] if cls == "gate"]
+    assert any(name.endswith("(shard 00000)") for name in gate_names)

@@ -67,16 +67,29 @@ class PatientVariation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    zoom: Range = (0.92, 1.06)  # field of view: patient size relative to the detector
-    tilt_deg: Range = (-3.0, 3.0)  # in-plane rotation of the patient on the detector
-    axial_rotation: Range = (-0.015, 0.015)  # spinous processes off the midline (patient rotation)
-    inspiration: Range = (0.0, 1.0)  # 0 = shallow (8 posterior ribs), 1 = deep (11 posterior ribs)
-    thorax_half_width: Range = (0.33, 0.39)  # midline to the lateral costophrenic angle
-    cardiothoracic_ratio: Range = (0.39, 0.49)  # normal hearts; cardiomegaly draws its own
-    body_thickness_cm: Range = (18.0, 30.0)  # posteroanterior thickness of the chest
-    soft_tissue_margin: Range = (0.025, 0.09)  # chest wall outside the ribs (habitus)
-    breast_probability: float = Field(0.4, ge=0.0, le=1.0)
-    gastric_bubble_probability: float = Field(0.7, ge=0.0, le=1.0)
+    zoom: Range = Field((0.92, 1.06), description="field of view: patient size relative to the detector")
+    tilt_deg: Range = Field((-3.0, 3.0), description="in-plane rotation of the patient on the detector, degrees")
+    axial_rotation: Range = Field(
+        (-0.015, 0.015),
+        description="patient rotation: offset of the spinous processes from the midline, fraction of the image width",
+    )
+    inspiration: Range = Field(
+        (0.0, 1.0), description="depth of inspiration: 0 = shallow (8 posterior ribs), 1 = deep (11 posterior ribs)"
+    )
+    thorax_half_width: Range = Field(
+        (0.33, 0.39), description="midline to the lateral costophrenic angle, fraction of the image width"
+    )
+    cardiothoracic_ratio: Range = Field(
+        (0.39, 0.49), description="heart width / thorax width of normal hearts; cardiomegaly draws its own"
+    )
+    body_thickness_cm: Range = Field((18.0, 30.0), description="posteroanterior thickness of the chest, cm")
+    soft_tissue_margin: Range = Field(
+        (0.025, 0.09), description="chest wall outside the ribs (habitus), fraction of the image width"
+    )
+    breast_probability: float = Field(0.4, ge=0.0, le=1.0, description="chance a patient has breast shadows, 0-1")
+    gastric_bubble_probability: float = Field(
+        0.7, ge=0.0, le=1.0, description="chance of a gastric air bubble under the left hemidiaphragm, 0-1"
+    )
 
 
 class ImagingVariation(BaseModel):
@@ -84,14 +97,23 @@ class ImagingVariation(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    photons_per_pixel: Range = (30000.0, 200000.0)  # unattenuated quanta per pixel at 256 px (log-uniform)
-    noise_scale: float = Field(1.0, ge=0.0)  # 0 turns quantum noise off
-    blur: Range = (0.0008, 0.0022)  # detector blur sigma, fraction of the image width
-    bone_contrast: Range = (1.7, 2.4)  # bone / soft-tissue attenuation (lower at high kVp)
-    detail_enhancement: Range = (0.4, 1.0)  # unsharp-mask gain of the digital processing
-    range_compression: Range = (0.65, 0.9)  # large-scale contrast kept by the processing
-    gamma: Range = (0.85, 1.15)
-    window_jitter: float = Field(0.04, ge=0.0, le=0.2)  # random shift of the display window
+    photons_per_pixel: Range = Field(
+        (30000.0, 200000.0), description="unattenuated X-ray quanta per pixel at 256 px (drawn log-uniform)"
+    )
+    noise_scale: float = Field(1.0, ge=0.0, description="multiplier of the quantum noise; 0 turns it off")
+    blur: Range = Field((0.0008, 0.0022), description="detector blur sigma, fraction of the image width")
+    bone_contrast: Range = Field((1.7, 2.4), description="bone / soft-tissue attenuation ratio (lower at high kVp)")
+    detail_enhancement: Range = Field((0.4, 1.0), description="unsharp-mask gain of the digital processing")
+    range_compression: Range = Field(
+        (0.65, 0.9), description="share of the large-scale contrast kept by the digital processing"
+    )
+    gamma: Range = Field((0.85, 1.15), description="display gamma applied to the windowed image")
+    window_jitter: float = Field(
+        0.04,
+        ge=0.0,
+        le=0.2,
+        description="largest random shift of the display window, fraction of the lung-to-mediastinum span",
+    )
 
 
 class PhantomConfig(BaseModel):
@@ -108,10 +130,19 @@ class PhantomConfig(BaseModel):
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_COOCCURRENCE.items()},
         description="odds multipliers: when the key finding is present, the listed findings' odds are multiplied",
     )
-    bilateral: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_BILATERAL))
-    air_bronchogram_probability: float = Field(0.5, ge=0.0, le=1.0)
-    patient: PatientVariation = Field(default_factory=PatientVariation)
-    imaging: ImagingVariation = Field(default_factory=ImagingVariation)
+    bilateral: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_BILATERAL),
+        description="chance, per lateral finding, that it is bilateral when its side is drawn (0-1)",
+    )
+    air_bronchogram_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="chance a consolidation shows air bronchograms, 0-1"
+    )
+    patient: PatientVariation = Field(
+        default_factory=PatientVariation, description="ranges the random patient is drawn from"
+    )
+    imaging: ImagingVariation = Field(
+        default_factory=ImagingVariation, description="ranges of the acquisition and display settings"
+    )
 
     @field_validator("size")
     @classmethod
