@@ -43,6 +43,30 @@ from storage.errors import StorageError
 
 MASK_SOURCES: tuple[str, ...] = ("exact", "generated", "user", "box", "none")
 
+# What each column means, for documents written from the schema (the dataset card); the table above says
+# the same for readers of this file.
+COLUMN_MEANINGS: dict[str, str] = {
+    "sample_id": "unique within a version",
+    "split": "train / val / test (source datasets); empty for synthetic samples",
+    "prompt": "the prompt (or report text) the sample was made from",
+    "findings": "the prompt's findings: label, side, zone, size; may be empty (a normal image)",
+    "seed": "seed of the final try: regenerates the sample",
+    "attempt_seeds": "every try's seed, in order (the last is `seed`)",
+    "attempt_reject_reasons": "per try, why the filter rejected it; null for the accepted try",
+    "source": "the anatomy-bank sample or source record it came from",
+    "mask_source": "exact | generated | user | box | none",
+    "mask_model_id": "registry id of the mask generator",
+    "image_model_id": "registry id of the image generator",
+    "scores": "every expert score (accept.<expert> = that expert's verdict)",
+    "accepted": "passed every expert of the filter; train on accepted rows only",
+    "reject_reason": "why the final try was rejected",
+    "metadata": "free-form per-sample extras (prompts of every try, ...)",
+    "shard": "the shard (Parquet part, zarr shard) holding the sample",
+    "index_in_shard": "row within the shard; the array index is the row's position in the whole manifest",
+    "image_sha256": "sha256 of the image bytes (little-endian uint16, H x W)",
+    "masks_sha256": "sha256 of the pathology then anatomy mask bytes (uint8)",
+}
+
 FINDING_TYPE = pa.struct(
     [
         pa.field("label", pa.string(), nullable=False),

@@ -43,6 +43,7 @@ from storage import (
     promote,
     stage_version,
 )
+from tasks.cards import dataset_card
 from tasks.devices import resolve_device
 from tasks.filtering import (
     FilterConfig,
@@ -557,6 +558,8 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, l
         gates=[{"gate": g.gate, "success": g.success, "failures": g.failures} for g in gates] + shard_gates,
     )
     staged.write_file("quality/report.html", html)
+    staged.write_file("README.md", dataset_card(config.dataset, staged.build_id, lineage, frequencies, acceptance,
+                                                int(arrays["images"].shape[-1]), config.quality.min_class_coverage))
     return "quality/report.html"
 
 

@@ -421,3 +421,18 @@ def test_the_build_report_names_its_inputs_and_shows_every_finding_tries_experts
     assert held and held <= set(page.headings)
     gate_names = [cells[0] for cls, cells in page.tables["gates-table"] if cls == "gate"]
     assert any(name.endswith("(shard 00000)") for name in gate_names)
+
+
+def test_every_version_has_a_dataset_card_with_metadata_features_and_measured_limitations(published):
+    import yaml
+
+    root, result = published
+    card = (root / result.dataset / result.version / "README.md").read_text()
+    _, front, body = card.split("---\n", 2)
+    metadata = yaml.safe_load(front)
+    assert metadata["license"] and "image-segmentation" in metadata["task_categories"] and metadata["size_categories"]
+    assert "not for diagnosis" in body and result.build_id in body
+    from storage.schema import MANIFEST_SCHEMA
+
+    assert all(f"| `{name}` |" in body for name in MANIFEST_SCHEMA.names)  # every column, with its meaning
+    assert "## Known limitations, measured on this version" in body and f"{result.n_samples} samples" in body
