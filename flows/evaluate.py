@@ -11,9 +11,13 @@ from prefect import flow
 
 from flows.profiles import with_overrides
 from tasks.evaluate import (
+    OUTPUT_FILES,
     EvaluateParameters,
     EvaluateResult,
+    output_location,
     downstream_task,
+    evaluation_key,
+    previous_outputs,
     quality_metrics_task,
     write_outputs_task,
 )
@@ -23,17 +27,25 @@ logger = logging.getLogger(__name__)
 
 
 @flow(name="aurad-evaluate", log_prints=False)
-def evaluate_flow(params: EvaluateParameters = EvaluateParameters(), overrides: dict[str, Any] | None = None) -> EvaluateResult:
+def evaluate_flow(params: EvaluateParameters = EvaluateParameters(), overrides: dict[str, Any] | None = None,
+                  rerun: bool = False) -> EvaluateResult:
     """Downstream retraining (every regime of `tasks.retrain`) and quality metrics; writes the evaluation
-    documents and report (`tasks.evaluate`) and returns where they are, with the headline."""
+    documents and report (`tasks.evaluate`) and returns where they are, with the headline. An evaluation
+    already made with the same settings and versions is reused (`rerun` makes it again)."""
     params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     started = time.perf_counter()
-    documents: dict[str, dict[str, Any]] = {}
-    for name in params.evaluate.tasks:
-        documents[name] = downstream_task(params, name)
-    if params.evaluate.metrics.enabled:
-        documents["metrics"] = quality_metrics_task(params)
-    where, files = write_outputs_task(params, documents)
+    key = evaluation_key(params)
+    documents = None if rerun else previous_outputs(params, key)
+    if documents is not None:
+        logger.warning("evaluation %s already made with these settings and versions: reusing it (rerun=True makes it again)", key)
+        where, files = output_location(params)[2], [OUTPUT_FILES[name] for name in documents] + [OUTPUT_FILES["report"]]
+    else:
+        documents = {}
+        for name in params.evaluate.tasks:
+            documents[name] = downstream_task(params, name)
+        if params.evaluate.metrics.enabled:
+            documents["metrics"] = quality_metrics_task(params)
+        where, files = write_outputs_task(params, documents, key)
     gains = {name: documents[name]["gains"] for name in params.evaluate.tasks}
     headline = {name: headline_lines(documents[name]) for name in params.evaluate.tasks}
     if documents.get("metrics"):

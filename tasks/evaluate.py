@@ -44,7 +44,7 @@ class MetricsConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="compute the quality metrics (quality_metrics.json); false: skip them")
     max_images: int = Field(200, ge=6, description="images per set used for FXD / PRDC (both sets capped)")
     k: int = Field(5, ge=1, description="neighbours for precision / recall / density / coverage")
     expert: ExpertChoice = Field(default_factory=ExpertChoice, description="feature extractor: xrv DenseNet (FXD) or the project classifier")
@@ -58,7 +58,9 @@ class EvaluateConfig(DownstreamConfig):
     """The profile's `evaluate` section: regimes, models and metrics."""
 
     max_test: int | None = Field(None, ge=1, description="cap on real test images scored (None: the whole split)")
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="image-set quality metrics against the real test split"
+    )
 
 
 class EvaluateParameters(BaseModel):
@@ -68,14 +70,16 @@ class EvaluateParameters(BaseModel):
 
     root: str = Field("aurad-data", description="storage root (datasets and the model registry)")
     real_dataset: str = Field("phantom", description="the real (source) dataset: its train split is the scarce real data")
-    real_version: str = "latest"
-    train_split: str = "train"
+    real_version: str = Field("latest", description="version of the real dataset: 'latest' or a version id")
+    train_split: str = Field("train", description="real training split: the scarce subsets and the full-real ceiling")
     val_split: str | None = Field("val", description="real split that picks each model's checkpoint (None: the last one)")
     test_split: str = Field("test", description="held-out real split every model is scored on")
     synthetic_dataset: str | None = Field("synthetic", description="the synthetic dataset (accepted samples); None: real regimes only")
-    synthetic_version: str = "latest"
+    synthetic_version: str = Field("latest", description="version of the synthetic dataset: 'latest' or a version id")
     output: str | None = Field(None, description="output folder; default: the synthetic version's quality/ folder")
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="downstream regimes, models, seeds and quality metrics"
+    )
 
 
 class EvaluateResult(BaseModel):
@@ -215,8 +219,9 @@ def quality_metrics(params: EvaluateParameters) -> dict[str, Any]:
     return out
 
 
-def _output_location(params: EvaluateParameters):
-    """(write(name, bytes), where) for the output folder: a local path, or the synthetic version's quality/."""
+def output_location(params: EvaluateParameters):
+    """(write(name, bytes), read(name) -> bytes | None, where) for the output folder: a local path, or the
+    synthetic version's quality/."""
     if params.output is not None:
         folder = Path(params.output)
 
@@ -224,7 +229,10 @@ def _output_location(params: EvaluateParameters):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
 
-        return write_local, str(folder)
+        def read_local(name: str) -> bytes | None:
+            return (folder / name).read_bytes() if (folder / name).is_file() else None
+
+        return write_local, read_local, str(folder)
     if not params.synthetic_dataset:
         raise ValueError("no output folder given and no synthetic dataset to write into: set `output`")
     version = _open(params.root, params.synthetic_dataset, params.synthetic_version)
@@ -233,16 +241,50 @@ def _output_location(params: EvaluateParameters):
     def write_version(name: str, data: bytes) -> None:
         version.root.write_bytes(f"{base}/{name}", data)
 
-    return write_version, version.root.url_of(base)
+    def read_version(name: str) -> bytes | None:
+        return version.root.read_bytes(f"{base}/{name}") if version.root.exists(f"{base}/{name}") else None
+
+    return write_version, read_version, version.root.url_of(base)
 
 
-def write_outputs(params: EvaluateParameters, documents: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
-    """Write the JSON documents and the HTML report; returns (folder, file names)."""
-    write, where = _output_location(params)
+def evaluation_key(params: EvaluateParameters) -> str:
+    """Same settings and the same (resolved) real and synthetic versions -> same key: an evaluation that
+    already ran is reused instead of training its models again."""
+    from aurad_models.hashing import config_hash
+
+    real = _open(params.root, params.real_dataset, params.real_version).version
+    synthetic = _open(params.root, params.synthetic_dataset, params.synthetic_version).version if params.synthetic_dataset else None
+    settings = params.model_dump(mode="json", exclude={"root", "output", "real_version", "synthetic_version"})
+    settings["evaluate"].pop("workers", None)
+    return config_hash({"settings": settings, "real": real, "synthetic": synthetic})[:16]
+
+
+def previous_outputs(params: EvaluateParameters, key: str) -> dict[str, dict[str, Any]] | None:
+    """The documents an earlier run with the same `evaluation_key` wrote, or None."""
+    _, read, _ = output_location(params)
+    wanted = list(params.evaluate.tasks) + (["metrics"] if params.evaluate.metrics.enabled else [])
+    documents = {}
+    for name in wanted:
+        data = read(OUTPUT_FILES[name])
+        try:
+            document = json.loads(data) if data is not None else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            document = None
+        if not isinstance(document, dict) or document.get("evaluation_key") != key:
+            return None
+        documents[name] = document
+    return documents
+
+
+def write_outputs(params: EvaluateParameters, documents: dict[str, dict[str, Any]], key: str | None = None) -> tuple[str, list[str]]:
+    """Write the JSON documents (each with the run's `evaluation_key`) and the HTML report; returns (folder,
+    file names)."""
+    write, _, where = output_location(params)
     files = []
-    for key, document in documents.items():
-        write(OUTPUT_FILES[key], (json.dumps(document, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n").encode())
-        files.append(OUTPUT_FILES[key])
+    for name, document in documents.items():
+        document = {**document, "evaluation_key": key} if key else document
+        write(OUTPUT_FILES[name], (json.dumps(document, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n").encode())
+        files.append(OUTPUT_FILES[name])
     main = documents.get("segmentation") or documents.get("detection")
     if main is not None:
         detection = documents.get("detection") if main is not documents.get("detection") else None
@@ -283,5 +325,5 @@ def quality_metrics_task(params: EvaluateParameters) -> dict[str, Any]:
 
 
 @task(name="write-evaluation")
-def write_outputs_task(params: EvaluateParameters, documents: dict[str, dict[str, Any]]) -> tuple[str, list[str]]:
-    return write_outputs(params, documents)
+def write_outputs_task(params: EvaluateParameters, documents: dict[str, dict[str, Any]], key: str | None = None) -> tuple[str, list[str]]:
+    return write_outputs(params, documents, key)

@@ -340,6 +340,14 @@ def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path
     assert "downstream-segmentation" in page.tables and "downstream-detection" in page.tables
     assert len(page.png_images()) == 4
 
+    # the same settings and versions again: reused, nothing retrained or rewritten; rerun=True makes it again
+    written = (out / "evaluation.json").stat().st_mtime_ns
+    again = evaluate_flow(params)
+    assert again.headline == result.headline and sorted(again.files) == sorted(result.files)
+    assert (out / "evaluation.json").stat().st_mtime_ns == written
+    evaluate_flow(params, rerun=True)
+    assert (out / "evaluation.json").stat().st_mtime_ns != written
+
 
 def test_evaluate_flow_uses_a_registered_classifier_for_feature_metrics(stored_root, tmp_path, prefect_harness):
     from aurad_models.experts.trained import PATHOLOGY_CLASSIFIER_KIND, PathologyClassifier
