@@ -814,6 +814,21 @@ def test_jsrt_scr_mask_of_another_size_is_quarantined(tmp_path):
         adapter.load(ref)
 
 
+def test_generic_import_scrubs_identifiers_keeps_paths_inside_and_records_no_absolute_folder(tmp_path):
+    make_generic(tmp_path / "g")
+    (tmp_path / "outside.png").write_bytes((tmp_path / "g" / "img" / "p002.png").read_bytes())
+    index = pd.read_csv(tmp_path / "g" / "index.csv", keep_default_na=False)
+    index.loc[1, "report"] = "SMITH^JANE^Q, born 03/01/1950, MRN: 88812345, seen on March 4, 2021. Enlarged heart."
+    index.loc[3, "image"] = "../outside.png"  # a path that leaves the dataset folder
+    index.to_csv(tmp_path / "g" / "index.csv", index=False)
+    summary = import_source("generic", tmp_path / "g", tmp_path / "store", "g", image_size=64, shard_size=2, progress=False)
+    assert any("leaves the dataset folder" in reason for _, reason in summary.quarantined)
+    table = open_dataset(tmp_path / "store", "g").to_pandas()
+    prompts = " ".join(table["prompt"])
+    assert "Enlarged heart." in prompts
+    assert_no_phi(tmp_path / "store", extra=("SMITH", "JANE", "1950", "88812345", "March 4", str(tmp_path)))
+
+
 def test_one_malformed_chestx_det_polygon_is_quarantined_and_the_rest_imports(tmp_path):
     make_chestx_det(tmp_path / "cxd")
     for name in ("36208.png", "36209.png", "36210.png"):

@@ -43,8 +43,19 @@ from aurad_models.pixels import to_stored
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
 from storage.arrays import ArraySpec
 from storage.sources.base import SourceAdapter
-from storage.sources.geometry import pad_to_square, resize_image, resize_masks, square_geometry
-from storage.sources.records import RecordError, RecordRef, SourceFormatError, SourceRecord
+from storage.sources.geometry import (
+    pad_to_square,
+    resize_image,
+    resize_masks,
+    square_geometry,
+)
+from storage.sources.records import (
+    RecordError,
+    RecordRef,
+    SourceFormatError,
+    SourceRecord,
+    scrub_identifiers,
+)
 from storage.sources.registry import make_adapter
 from storage.staging import StagedVersion, stage_version
 
@@ -145,7 +156,9 @@ def import_source(
     staged.write_file(LABELS_FILE, label_matrix_parquet(manifest))
     lineage = {
         "kind": "source-import",
-        "source": {**settings, "path": str(Path(path).resolve()), "shard_size": shard_size},
+        # the folder's name and a hash of where it was: no machine's absolute path in published lineage
+        "source": {**settings, "folder": Path(path).resolve().name, "folder_sha256": hashlib.sha256(
+            str(Path(path).resolve()).encode()).hexdigest()[:16], "shard_size": shard_size},
         "config_hash": _fingerprint(settings, [], shard_size),
         "import_summary": {k: v for k, v in summary.as_dict().items() if k not in ("dataset", "version", "quarantined")}
         | {"quarantined": len(summary.quarantined)},
@@ -276,7 +289,7 @@ def prompt_for(record: SourceRecord) -> str:
     "no pneumothorax." -- never "normal", which would claim the unknown labels absent.
     """
     if record.report:
-        return record.report
+        return scrub_identifiers(record.report)  # dates, record numbers, A^B names never reach the manifest
     if record.findings or not any(math.isnan(v) for v in record.labels.values()):
         return render_prompt(record.findings)
     negatives = [label for label in PATHOLOGIES if record.labels[label] == 0.0]

@@ -38,6 +38,7 @@ from storage.sources.records import (
     empty_anatomy,
     empty_pathology,
     findings_from,
+    inside_folder,
     labels_from_masks,
     relabel_flags,
     relabel_metadata,
@@ -120,12 +121,12 @@ class GenericFolder(SourceAdapter):
 
     def load(self, ref: RecordRef) -> SourceRecord:
         notes = ref.annotations
-        image, metadata, spacing = read_any_image(self.root / ref.key, ref.name, invert=self.invert)
+        image, metadata, spacing = read_any_image(inside_folder(self.root, ref.key, "image"), ref.name, invert=self.invert)
         shape = image.shape
         pathology = empty_pathology(shape)
         provided: set[str] = set()
         if notes["mask"]:
-            values = read_label_map(self.root / notes["mask"], f"{ref.name} label map")
+            values = read_label_map(inside_folder(self.root, notes["mask"], "label map"), f"{ref.name} label map")
             _check_shape(values, shape, f"{ref.name}: label map")
             unknown_values = sorted(set(np.unique(values).tolist()) - {0} - set(self.mask_values))
             if unknown_values:
@@ -135,7 +136,7 @@ class GenericFolder(SourceAdapter):
                 pathology[pathology_index(label)] |= (values == value).astype(np.uint8)
                 provided.add(label)
         for name, mask_path in notes["class_masks"].items():
-            mask = read_mask_bitmap(self.root / mask_path, f"{ref.name} {name} mask")
+            mask = read_mask_bitmap(inside_folder(self.root, mask_path, f"{name} mask"), f"{ref.name} {name} mask")
             _check_shape(mask, shape, f"{ref.name}: {name} mask")
             label = self.relabel.lookup(name)
             pathology[pathology_index(label)] |= mask
@@ -144,7 +145,7 @@ class GenericFolder(SourceAdapter):
         if notes["anatomy"]:
             anatomy = empty_anatomy(shape)
             for name, mask_path in notes["anatomy"].items():
-                mask = read_mask_bitmap(self.root / mask_path, f"{ref.name} {name} mask")
+                mask = read_mask_bitmap(inside_folder(self.root, mask_path, f"{name} mask"), f"{ref.name} {name} mask")
                 _check_shape(mask, shape, f"{ref.name}: {name} mask")
                 anatomy[anatomy_index(name)] = mask
         labels = labels_from_masks(pathology, provided)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -265,3 +267,32 @@ def empty_pathology(shape: tuple[int, int]) -> np.ndarray:
 
 def empty_anatomy(shape: tuple[int, int]) -> np.ndarray:
     return np.zeros((len(ANATOMY_STRUCTURES), *shape), dtype=np.uint8)
+
+
+_IDENTIFIERS = [  # what a report's free text may hold about a patient; each becomes "[removed]"
+    re.compile(r"\b[A-Za-z][\w'-]*(?:\^[\w'-]*)+"),  # DICOM person names: FAMILY^GIVEN^MIDDLE
+    re.compile(r"\b\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\b"),  # dates: 1950-03-01, 03/01/1950, 1.3.50
+    re.compile(r"\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{2,4}\b",
+               re.IGNORECASE),  # March 1, 1950
+    re.compile(r"\b\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?,?\s+\d{2,4}\b",
+               re.IGNORECASE),  # 1 March 1950
+    re.compile(r"\b(?:mrn|id|acc(?:ession)?|record|patient|pt)\s*(?:no\.?|number|#)?\s*[:#]?\s*[A-Z0-9-]*\d[A-Z0-9-]*\b",
+               re.IGNORECASE),  # MRN: 12345678, accession #A-1234
+    re.compile(r"\b\d{5,}\b"),  # any other long number (record and phone numbers)
+]
+
+
+def scrub_identifiers(text: str) -> str:
+    """A report with what could identify a patient removed: DICOM-style person names (A^B), dates,
+    record / accession numbers and other long numbers. The findings a prompt needs never look like these."""
+    for pattern in _IDENTIFIERS:
+        text = pattern.sub("[removed]", text)
+    return text
+
+
+def inside_folder(root: Path, relative: str, what: str) -> Path:
+    """`root / relative`, or a RecordError when the path leaves the dataset folder (../, absolute, links)."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise RecordError(f"{what} path {relative!r} leaves the dataset folder; paths in the index must stay inside it")
+    return path
