@@ -212,6 +212,10 @@ def import_(
     path: Path = typer.Argument(..., help="the dataset's folder"),
     dataset: str = typer.Option(..., "--dataset", "-d", help="name to publish it as"),
     image_size: int = typer.Option(256, "--image-size"),
+    shard_size: int = typer.Option(64, "--shard-size", help="samples per shard"),
+    split: Optional[str] = typer.Option(None, "--split", help="split for every record (default: the dataset's own)"),
+    option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="an adapter option key=value (value as "
+                                               "YAML), e.g. -o keep_names=true -o 'class_map={Effusion: effusion}'"),
     root: Optional[str] = RootOption,
     profile: str = ProfileOption,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -219,9 +223,19 @@ def import_(
     """Import a real dataset into a versioned source dataset (bad records are quarantined, not fatal)."""
     _logging(verbose)
     config = _config(profile, None, root)
+    import yaml
+
     from flows.sources import ImportSourceParameters, import_source_flow
 
-    params = ImportSourceParameters(adapter=adapter, path=str(path), root=config.storage.root, dataset=dataset, image_size=image_size)
+    options = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            errors.print(f"--option {item!r} is not key=value", style="red", markup=False)
+            raise typer.Exit(2)
+        options[key.strip()] = yaml.safe_load(value)
+    params = ImportSourceParameters(adapter=adapter, path=str(path), root=config.storage.root, dataset=dataset,
+                                    image_size=image_size, shard_size=shard_size, split=split, options=options)
     _show(_run("import", lambda: import_source_flow(params)))
 
 

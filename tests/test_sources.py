@@ -763,8 +763,26 @@ def test_generic_missing_image_column(tmp_path):
 def test_unknown_adapter_and_option():
     with pytest.raises(KeyError, match="known: vindr-cxr"):
         make_adapter("mimic", ".")
-    with pytest.raises(TypeError, match="bad options for adapter 'jsrt'"):
+    with pytest.raises(ValueError, match="adapter 'jsrt' has no option 'colour'; its options: "):
         make_adapter("jsrt", ".", colour=True)
+
+
+def test_aurad_import_sets_adapter_options_split_and_shard_size_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    make_generic(tmp_path / "g")
+    store = tmp_path / "store"
+    runner = CliRunner()
+    bad = runner.invoke(app, ["import", "generic", str(tmp_path / "g"), "-d", "g", "-r", str(store), "-o", "kep_names=true"])
+    assert bad.exit_code == 1 and "no option 'kep_names'" in bad.stderr and "keep_names" in bad.stderr
+    done = runner.invoke(app, ["import", "generic", str(tmp_path / "g"), "-d", "g", "-r", str(store), "--image-size", "64",
+                               "--shard-size", "2", "--split", "val", "-o", "keep_names=true"])
+    assert done.exit_code == 0, done.output
+    ds = open_dataset(store, "g")
+    assert ds.lineage["n_shards"] == 3 and set(ds.to_pandas()["split"]) == {"val"}
+    assert "img/p001.png" in set(ds.to_pandas()["source"].dropna())  # keep_names: the user's own file names
 
 
 # --- resume --------------------------------------------------------------------------------------

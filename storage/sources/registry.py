@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -25,7 +26,11 @@ def make_adapter(name: str, path: str | Path, **options: Any) -> SourceAdapter:
         cls = ADAPTERS[name]
     except KeyError:
         raise KeyError(f"unknown source adapter {name!r}; known: {', '.join(ADAPTERS)}") from None
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "root")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"adapter {name!r} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(accepted) or 'none'}")
     try:
         return cls(path, **options)
     except TypeError as error:
-        raise TypeError(f"bad options for adapter {name!r}: {error}") from None
+        raise ValueError(f"bad options for adapter {name!r}: {error}") from None
