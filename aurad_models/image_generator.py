@@ -73,14 +73,18 @@ class ImageGeneratorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: int = Field(64, ge=16)
-    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
-    layers_per_block: int = Field(1, ge=1)
-    attention: bool = False
-    norm_num_groups: int = 8
-    prediction_type: PredictionType = "v_prediction"
-    num_train_timesteps: int = 1000
-    beta_schedule: BetaSchedule = "squaredcos_cap_v2"
+    image_size: int = Field(64, ge=16, description="square image size in pixels the generator works at")
+    block_out_channels: tuple[int, ...] = Field((16, 32, 64, 64), description="UNet channels per resolution level")
+    layers_per_block: int = Field(1, ge=1, description="ResNet layers per UNet block")
+    attention: bool = Field(False, description="self-attention at the lowest resolution (costly on a CPU)")
+    norm_num_groups: int = Field(8, description="GroupNorm groups; every block width must be divisible by it")
+    prediction_type: PredictionType = Field(
+        "v_prediction", description="what the UNet predicts: v_prediction, epsilon (noise) or sample (clean image)"
+    )
+    num_train_timesteps: int = Field(1000, description="diffusion timesteps of the training noise schedule")
+    beta_schedule: BetaSchedule = Field(
+        "squaredcos_cap_v2", description="noise schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine)"
+    )
     anatomy_dropout: float = Field(0.1, ge=0, le=1, description="chance all anatomy is dropped in training")
     anatomy_channel_dropout: float = Field(0.05, ge=0, le=1, description="chance each anatomy channel is dropped")
     pathology_dropout: float = Field(0.1, ge=0, le=1, description="chance all pathology is dropped")
@@ -97,7 +101,7 @@ class ImageGeneratorConfig(BaseModel):
 class ImageSamplingConfig(SamplingSettings):
     """How to sample images: the shared sampler and speed settings, and classifier-free guidance (1 = none)."""
 
-    guidance_scale: float = Field(1.0, ge=0)
+    guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance strength of the masks (1: none)")
 
 
 @dataclass

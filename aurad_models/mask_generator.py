@@ -75,15 +75,19 @@ class MaskGeneratorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: int = Field(64, ge=16)
-    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
-    layers_per_block: int = Field(1, ge=1)
-    attention: bool = False
-    norm_num_groups: int = 8
-    prompt_hidden_dim: int = 64
-    prediction_type: PredictionType = "sample"
-    num_train_timesteps: int = 1000
-    beta_schedule: BetaSchedule = "squaredcos_cap_v2"
+    image_size: int = Field(64, ge=16, description="square mask size in pixels the generator works at")
+    block_out_channels: tuple[int, ...] = Field((16, 32, 64, 64), description="UNet channels per resolution level")
+    layers_per_block: int = Field(1, ge=1, description="ResNet layers per UNet block")
+    attention: bool = Field(False, description="self-attention at the lowest resolution (costly on a CPU)")
+    norm_num_groups: int = Field(8, description="GroupNorm groups; every block width must be divisible by it")
+    prompt_hidden_dim: int = Field(64, description="width of the prompt encoder's finding-token embedding")
+    prediction_type: PredictionType = Field(
+        "sample", description="what the UNet predicts: sample (clean masks), epsilon (noise) or v_prediction"
+    )
+    num_train_timesteps: int = Field(1000, description="diffusion timesteps of the training noise schedule")
+    beta_schedule: BetaSchedule = Field(
+        "squaredcos_cap_v2", description="noise schedule: linear, scaled_linear or squaredcos_cap_v2 (cosine)"
+    )
     prompt_dropout: float = Field(0.1, ge=0, le=1, description="share of training prompts replaced by the null prompt (for CFG)")
     attribute_dropout: float = Field(0.2, ge=0, le=1, description="chance each side / zone / size is forgotten in training")
     region_loss_weight: float = Field(4.0, ge=0, description="extra loss weight on pixels in requested regions or lesions")
@@ -116,7 +120,7 @@ class MaskSamplingConfig(SamplingSettings):
             raise ValueError(f"class thresholds must lie in (0, 1), got {bad}")
         return value
 
-    guidance_scale: float = Field(2.0, ge=0)
+    guidance_scale: float = Field(2.0, ge=0, description="classifier-free guidance strength of the prompt (1: none)")
     threshold: float = Field(0.5, gt=0, lt=1, description="on the [0, 1] scale of the denoised masks")
     class_thresholds: dict[str, float] = Field(
         default_factory=dict, description="per-finding overrides of threshold (small findings such as nodules come "

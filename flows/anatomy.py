@@ -41,9 +41,11 @@ class AnatomyBankParameters(BaseModel):
     source_dataset: str = Field("phantom", description="dataset of real (or phantom) CXRs treated as unlabelled")
     source_version: str = Field("latest", description="its version")
     bank_dataset: str = Field("anatomy-bank", description="dataset the bank is published as a version of")
-    bank: AnatomyBankConfig = Field(default_factory=AnatomyBankConfig)
+    bank: AnatomyBankConfig = Field(
+        default_factory=AnatomyBankConfig, description="which images to segment, with which segmenter, QC and shards"
+    )
     build_id: str | None = Field(None, description="default: a fingerprint of the inputs, so reruns resume")
-    progress: bool = True
+    progress: bool = Field(True, description="show a progress bar of the segmentation in the task logs")
 
 
 class AnatomyBankResult(BaseModel):

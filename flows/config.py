@@ -43,14 +43,28 @@ class AuradConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    profile: str = "demo"
-    storage: StorageSettings = Field(default_factory=StorageSettings)
-    source: SourceConfig = Field(default_factory=SourceConfig)
-    experts: TrainExpertsParameters = Field(default_factory=TrainExpertsParameters)
-    anatomy_bank: AnatomyBankParameters = Field(default_factory=AnatomyBankParameters)
-    train: TrainFlowParameters = Field(default_factory=TrainFlowParameters)
-    build: BuildConfig = Field(default_factory=BuildConfig)
-    evaluate: EvaluateParameters = Field(default_factory=EvaluateParameters)
+    profile: str = Field("demo", description="name of the profile these settings were loaded from")
+    storage: StorageSettings = Field(
+        default_factory=StorageSettings, description="where everything lives (datasets and the model registry)"
+    )
+    source: SourceConfig = Field(
+        default_factory=SourceConfig, description="the phantom source dataset (flows/source.py)"
+    )
+    experts: TrainExpertsParameters = Field(
+        default_factory=TrainExpertsParameters,
+        description="project-trained classifier, anatomy segmenter and lesion segmenter (flows/experts.py)",
+    )
+    anatomy_bank: AnatomyBankParameters = Field(
+        default_factory=AnatomyBankParameters,
+        description="anatomy masks segmented from unlabelled CXRs (flows/anatomy.py)",
+    )
+    train: TrainFlowParameters = Field(
+        default_factory=TrainFlowParameters, description="the mask and image generators (flows/train.py)"
+    )
+    build: BuildConfig = Field(default_factory=BuildConfig, description="the synthetic dataset build (flows/build.py)")
+    evaluate: EvaluateParameters = Field(
+        default_factory=EvaluateParameters, description="downstream retraining and quality metrics (flows/evaluate.py)"
+    )
 
     @model_validator(mode="after")
     def _link_sections(self) -> "AuradConfig":

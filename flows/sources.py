@@ -32,7 +32,7 @@ class ImportSourceParameters(BaseModel):
     split: str | None = Field(None, description="split for every record (default: the dataset's own, if any)")
     options: dict[str, Any] = Field(default_factory=dict, description="adapter options (see its docstring)")
     build_id: str | None = Field(None, description="default: a fingerprint of the inputs, so reruns resume")
-    progress: bool = False
+    progress: bool = Field(False, description="show a progress bar of the import")
 
     @field_validator("adapter")
     @classmethod

@@ -35,15 +35,26 @@ class TrainFlowParameters(BaseModel):
     root: str = Field("aurad-data", description="storage root: datasets, training runs and the model registry")
     dataset: str = Field("phantom", description="source dataset name")
     version: str = Field("latest", description="source dataset version")
-    train_split: str = "train"
-    val_split: str | None = "val"
-    mask_generator: MaskGeneratorConfig = Field(default_factory=MaskGeneratorConfig)
-    image_generator: ImageGeneratorConfig = Field(default_factory=ImageGeneratorConfig)
-    mask_training: TrainingConfig = Field(default_factory=TrainingConfig)
-    image_training: TrainingConfig = Field(default_factory=TrainingConfig)
-    train_masks: bool = True
-    train_images: bool = True
-    resume: bool = True
+    train_split: str = Field("train", description="source split the generators train on")
+    val_split: str | None = Field(
+        "val", description="source split for the validation loss and sample grid (None: no validation)"
+    )
+    mask_generator: MaskGeneratorConfig = Field(
+        default_factory=MaskGeneratorConfig, description="architecture and conditioning of the mask generator"
+    )
+    image_generator: ImageGeneratorConfig = Field(
+        default_factory=ImageGeneratorConfig,
+        description="architecture, noise schedule and mask ablation of the image generator",
+    )
+    mask_training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="optimisation, checkpoints and validation of the mask generator"
+    )
+    image_training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="optimisation, checkpoints and validation of the image generator"
+    )
+    train_masks: bool = Field(True, description="train the mask generator")
+    train_images: bool = Field(True, description="train the image generator")
+    resume: bool = Field(True, description="resume a run from its last checkpoint; false: start it again from scratch")
     labelled_subset: LabelledSubset | None = Field(
         None, description="train with scarce labels: only this seeded share of the train split has masks (the mask "
         "generator sees those alone, the image generator every image); None: every label of the split")

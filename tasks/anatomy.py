@@ -109,8 +109,12 @@ class AnatomyBankConfig(BaseModel):
         "val", description="split of the source to segment (None = all); on the phantom, one the generators do not train on"
     )
     max_samples: int | None = Field(None, ge=1, description="at most this many images (the first ones of the split)")
-    segmenter: ExpertChoice = Field(default_factory=ExpertChoice)
-    qc: AnatomyQCConfig = Field(default_factory=AnatomyQCConfig)
+    segmenter: ExpertChoice = Field(
+        default_factory=ExpertChoice, description="the anatomy segmenter: torchxrayvision weights or the project model"
+    )
+    qc: AnatomyQCConfig = Field(
+        default_factory=AnatomyQCConfig, description="quality checks a segmented mask set must pass to be accepted"
+    )
     batch_size: int = Field(32, ge=1, description="images per segmenter call")
     shard_size: int = Field(128, ge=1, description="samples per stored shard (one task run each)")
 

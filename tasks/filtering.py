@@ -52,7 +52,7 @@ class ClassifierCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="let the pathology classifier vote (false: it is not loaded)")
     threshold: float = Field(0.5, gt=0, lt=1, description="detection threshold on the expert's probability")
     thresholds: dict[str, float] = Field(default_factory=dict, description="per-finding overrides of threshold")
     check_absent: bool = Field(True, description="also reject when a finding that was not prompted is detected")
@@ -97,7 +97,7 @@ class AnatomyCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="let the anatomy segmenter vote (false: it is not loaded)")
     dice_threshold: float = Field(0.6, ge=0, le=1, description="least Dice per checked structure")
     structures: tuple[str, ...] | None = Field(
         ("Left Lung", "Right Lung", "Heart"),
@@ -120,7 +120,7 @@ class MaskCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="check that pathology masks lie in the regions prompt and anatomy allow")
     inside_threshold: float = Field(0.9, ge=0, le=1, description="least share of a mask inside its allowed region")
     min_pixels: int = Field(1, ge=1, description="a prompted finding's mask needs at least this many pixels")
     absent_max_pixels: int = Field(0, ge=0, description="an absent finding's mask may have at most this many pixels")
@@ -131,7 +131,7 @@ class ImageStatsCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="check image mean and std against the source data's range")
     margin: float = Field(0.1, ge=0, description="fraction of each reference range's width added on both sides")
 
 
@@ -140,7 +140,7 @@ class FidelityCheck(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="let the fidelity expert (lesion segmenter) vote (false: it is not loaded)")
     min_expert_dice: float = Field(0.3, ge=0, le=1, description="a finding votes only if the segmenter's pooled "
                                    "validation Dice on real images reaches this")
     min_dice: float | None = Field(None, ge=0, le=1, description="least Dice between the re-segmentation and a prompted "
@@ -162,11 +162,23 @@ class FilterConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    classifier: ClassifierCheck = Field(default_factory=ClassifierCheck)
-    anatomy: AnatomyCheck = Field(default_factory=AnatomyCheck)
-    masks: MaskCheck = Field(default_factory=MaskCheck)
-    image_stats: ImageStatsCheck = Field(default_factory=ImageStatsCheck)
-    fidelity: FidelityCheck = Field(default_factory=FidelityCheck)
+    classifier: ClassifierCheck = Field(
+        default_factory=ClassifierCheck, description="expert (a): the classifier finds the prompted findings only"
+    )
+    anatomy: AnatomyCheck = Field(
+        default_factory=AnatomyCheck,
+        description="expert (b): the anatomy segmented from the image matches the conditioning anatomy",
+    )
+    masks: MaskCheck = Field(
+        default_factory=MaskCheck, description="expert (c): pathology masks lie where the prompt and the anatomy allow"
+    )
+    image_stats: ImageStatsCheck = Field(
+        default_factory=ImageStatsCheck, description="expert (d): image mean / std within the source data's range"
+    )
+    fidelity: FidelityCheck = Field(
+        default_factory=FidelityCheck,
+        description="expert (e): lesions show where their masks are, judged by a segmenter trained on real images",
+    )
     experts: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="registered plug-in experts: name -> its settings (see tasks.filtering.filter_expert)")
 

@@ -83,6 +83,49 @@ def test_every_configuration_model_forbids_unknown_keys_and_suggests_the_closest
         load_config("demo", ["build.quality.min_acceptence_rate=1.0"])
 
 
+def test_every_setting_a_deployment_form_shows_has_a_description():
+    """The Prefect UI form of a deployment is generated from its flow's pydantic parameter model: every field
+    of every model it reaches (through lists, dicts, tuples and optionals too) says what it means."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from flows.anatomy import AnatomyBankParameters
+    from flows.config import AuradConfig
+    from flows.experts import TrainExpertsParameters
+    from flows.sources import ImportSourceParameters
+    from flows.train import TrainFlowParameters
+    from tasks.build import BuildConfig
+    from tasks.evaluate import EvaluateParameters
+    from tasks.source import SourceConfig
+
+    def models_in(annotation: object) -> list[type[BaseModel]]:
+        found = [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+        for argument in typing.get_args(annotation):
+            found += models_in(argument)
+        return found
+
+    seen: set[type[BaseModel]] = set()
+    undescribed: list[str] = []
+
+    def walk(model: type[BaseModel], where: str) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                undescribed.append(f"{model.__module__}.{model.__name__}.{name} ({where}.{name})")
+            for inner in models_in(field.annotation):
+                walk(inner, f"{where}.{name}")
+
+    roots = (AuradConfig, BuildConfig, TrainFlowParameters, TrainExpertsParameters, AnatomyBankParameters,
+             EvaluateParameters, SourceConfig, ImportSourceParameters)
+    for root in roots:
+        walk(root, root.__name__)
+    assert len(seen) > 30  # the walk reaches the nested sections
+    assert undescribed == [], f"{len(undescribed)} settings without a description:\n" + "\n".join(undescribed)
+
+
 def test_datasets_verify_and_list_name_the_damage(tmp_path):
     """`aurad datasets verify` exits 1 naming the damaged sample and file; `datasets list` still lists the
     other datasets and marks the damaged one."""

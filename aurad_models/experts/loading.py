@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from aurad_models.experts.base import AnatomyExpert, PathologyExpert, default_device
 from aurad_models.experts.trained import (
@@ -45,15 +45,23 @@ class ExpertChoice(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    source: Literal["auto", "xrv", "project"] = "auto"
-    model: str = "latest"  # registry reference of the project model: 'latest' or an id
-    xrv_weights: str | None = None  # default: densenet121-res224-all / chestx_det-pspnet
-    xrv_cache_dir: str | None = None  # default: ~/.torchxrayvision/models_data
-    xrv_path: str | None = None  # an explicit weights file instead of the cache folder
-    sha256: str | None = None  # expected sha256 of the xrv weights file
-    device: str | None = None  # default: cuda if available, else cpu
-    batch_size: int | None = None
-    threshold: float = 0.5  # segmenters: sigmoid threshold
+    source: Literal["auto", "xrv", "project"] = Field(
+        "auto",
+        description="xrv: torchxrayvision weights (must be present locally); project: the registered project model; "
+        "auto: xrv where its weights file is present, else project",
+    )
+    model: str = Field("latest", description="registry reference of the project model: 'latest' or an id")
+    xrv_weights: str | None = Field(
+        None, description="torchxrayvision weights name; default: densenet121-res224-all / chestx_det-pspnet"
+    )
+    xrv_cache_dir: str | None = Field(
+        None, description="folder holding the xrv weights; default: ~/.torchxrayvision/models_data"
+    )
+    xrv_path: str | None = Field(None, description="an explicit xrv weights file instead of the cache folder")
+    sha256: str | None = Field(None, description="expected sha256 of the xrv weights file (a mismatch is an error)")
+    device: str | None = Field(None, description="cuda / cpu; default: cuda if available, else cpu")
+    batch_size: int | None = Field(None, description="images per inference batch; default: the expert's own")
+    threshold: float = Field(0.5, description="anatomy segmenter: sigmoid threshold of a mask pixel, 0-1")
 
 
 def _use_xrv(choice: ExpertChoice, default_weights: str, what: str) -> bool:
