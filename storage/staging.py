@@ -323,6 +323,11 @@ class StagedVersion:
         self.root.write_bytes(path, data.encode() if isinstance(data, str) else bytes(data))
         return self.root.url_of(path)
 
+    def list_files(self, relative_dir: str) -> list[str]:
+        """Names of the free-form files in a folder of the version (e.g. quality/data_docs), sorted."""
+        relative_dir = check_relative_path(relative_dir, _RESERVED_FILES)
+        return self.root.listdir(f"{self._dir}/{relative_dir}")
+
     def discard(self) -> None:
         """Remove the staging folder and everything in it."""
         self.root.remove(self._dir, recursive=True)

@@ -66,6 +66,7 @@ from tasks.quality import (
     anatomy_gate,
     anatomy_stats,
     coverage_gate,
+    data_docs_index,
     manifest_gate,
     prompt_gate,
     raise_on_failure,
@@ -527,6 +528,14 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, l
     shard_gates = [{**g, "gate": f"{g['gate']} (shard {r.shard:05d})"} for r in reports for g in r.gates]
     staged.write_file("quality/gates.json", json.dumps([g.to_json() for g in gates], indent=1, default=str))
     staged.write_file("quality/gates.html", render_quality_html(gates, f"{config.dataset}: data-quality gates"))
+    for gate in gates:
+        if gate.data_doc:
+            staged.write_file(f"quality/data_docs/{gate.gate}.html", gate.data_doc)
+    pages = [name for name in staged.list_files("quality/data_docs") if name.endswith(".html") and name != "index.html"]
+    outcomes = {g.gate: g.success for g in gates} | {f"shard-{r.shard:05d}-{g['gate']}": g["success"] for r in reports for g in r.gates}
+    staged.write_file("quality/data_docs/index.html", data_docs_index(
+        [(name, name.removesuffix(".html"), outcomes.get(name.removesuffix(".html"), True)) for name in pages],
+        f"{config.dataset} (build {staged.build_id}): great-expectations Data Docs"))
     frequencies = [{"label": r["label"], "target": r["target"], "produced": r["accepted_share"], "accepted": r["accepted"],
                     "prompted": r["prompted"], "coverage": r["coverage"]} for r in accepted.to_dict(orient="records")]
     acceptance = _acceptance(manifest)
@@ -550,7 +559,7 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, l
                  "mask generator": lineage["models"]["mask_generator"]["id"],
                  "image generator": lineage["models"]["image_generator"]["id"],
                  "samples": len(manifest), "accepted": acceptance["accepted"], "acceptance rate": acceptance["rate"],
-                 "quotas met": quotas["met"], "gates": "gates.html (great-expectations results: gates.json)",
+                 "quotas met": quotas["met"], "gates": "gates.html; great-expectations Data Docs: data_docs/index.html (results: gates.json)",
                  "evaluation": "evaluation.html, once `aurad evaluate` has run"},
         finding_samples=finding_samples_of(arrays["images"], arrays["masks"], manifest),
         frequencies=frequencies,

@@ -170,6 +170,8 @@ def generate_shard_on_device(context: ShardContext, plan: ShardPlan) -> ShardRep
         gates.append(image_gate(image_stats(images[kept]), config.quality))
     shard_gates = [g.to_json() for g in gates]
     staged.write_file(f"quality/shards/shard-{plan.shard:05d}.json", _json_dumps({"shard": plan.shard, "gates": shard_gates}))
+    for gate in gates:  # great-expectations Data Docs, one page per suite run
+        staged.write_file(f"quality/data_docs/shard-{plan.shard:05d}-{gate.gate}.html", gate.data_doc)
     raise_on_failure(gates)
     seconds["gates"] = time.perf_counter() - tick
 

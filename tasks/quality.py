@@ -76,6 +76,7 @@ class GateResult:
     validation: dict[str, Any]
     rows: int
     details: dict[str, Any] = field(default_factory=dict)
+    data_doc: str = ""  # the validation result as a page by great-expectations' own Data Docs renderer
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,7 +106,26 @@ def validate_frame(gate: str, frame: pd.DataFrame, expectations: list[Any]) -> G
     suite = gx.ExpectationSuite(name=f"aurad-{gate}", expectations=expectations)
     result = batch.validate(suite)
     failures = [_describe_failure(r) for r in result.results if not r.success]
-    return GateResult(gate=gate, success=bool(result.success), failures=failures, validation=result.to_json_dict(), rows=len(frame))
+    return GateResult(gate=gate, success=bool(result.success), failures=failures, validation=result.to_json_dict(), rows=len(frame),
+                      data_doc=data_doc_page(result))
+
+
+def data_doc_page(result: Any) -> str:
+    """One validation result as an HTML page, rendered by great-expectations' Data Docs renderer and view
+    (what `context.build_data_docs()` writes per validation)."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
+
+
+def data_docs_index(pages: list[tuple[str, str, bool]], title: str) -> str:
+    """An index of Data Docs pages: (file name, gate, success) each."""
+    rows = "".join(f"<tr><td><a href=\"{html.escape(name)}\">{html.escape(gate)}</a></td><td>{'passed' if ok else 'FAILED'}</td></tr>"
+                   for name, gate, ok in pages)
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>great-expectations validation results, one page per suite run.</p>"
+            f"<table><tr><th>suite</th><th>outcome</th></tr>{rows}</table></body></html>")
 
 
 def _describe_failure(result: Any) -> str:

@@ -86,6 +86,13 @@ def test_published_version_reads_back_with_plain_pyarrow_and_zarr(published):
         assert (path / "quality" / name).is_file(), name
     gates = json.loads((path / "quality" / "gates.json").read_text())
     assert {g["gate"] for g in gates} >= {"prompts", "manifest"} and all(g["success"] for g in gates)
+    # great-expectations Data Docs: an index linking one GE-rendered page per suite run, build and shard gates
+    docs = path / "quality" / "data_docs"
+    index = (docs / "index.html").read_text()
+    pages = sorted(p.name for p in docs.glob("*.html") if p.name != "index.html")
+    assert {"prompts.html", "manifest.html", "shard-00000-anatomy.html", "shard-00000-images.html"} <= set(pages)
+    assert all(f'href="{name}"' in index for name in pages) and "FAILED" not in index
+    assert "Data documentation compiled by Great Expectations" in (docs / "manifest.html").read_text()
 
 
 def test_rerun_of_a_published_build_publishes_nothing_new(published):
