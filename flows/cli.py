@@ -262,7 +262,8 @@ def datasets_list(root: Optional[str] = RootOption, profile: str = ProfileOption
     except storage.StorageError as error:
         errors.print(str(error), style="red", markup=False)
         raise typer.Exit(1) from None
-    from storage.catalog import Root, released_versions
+    from storage.catalog import released_versions
+    from storage.layout import Root
 
     table = Table("dataset", "versions", "latest (released)", "samples", "accepted")
     damaged = False

@@ -14,7 +14,6 @@ from tasks.evaluate import (
     OUTPUT_FILES,
     EvaluateParameters,
     EvaluateResult,
-    output_location,
     downstream_task,
     evaluation_key,
     previous_outputs,
@@ -35,10 +34,11 @@ def evaluate_flow(params: EvaluateParameters = EvaluateParameters(), overrides: 
     params = with_overrides(params, overrides)  # a run's few changes, merged (see flows.deployments)
     started = time.perf_counter()
     key = evaluation_key(params)
-    documents = None if rerun else previous_outputs(params, key)
-    if documents is not None:
+    previous = None if rerun else previous_outputs(params, key)
+    if previous is not None:
         logger.warning("evaluation %s already made with these settings and versions: reusing it (rerun=True makes it again)", key)
-        where, files = output_location(params)[2], [OUTPUT_FILES[name] for name in documents] + [OUTPUT_FILES["report"]]
+        documents, where = previous
+        files = [OUTPUT_FILES[name] for name in documents] + [OUTPUT_FILES["report"]]
     else:
         documents = {}
         for name in params.evaluate.tasks:

@@ -375,11 +375,12 @@ class StagedVersion:
         }
         _to_json(record, "lineage")  # fail before moving anything
         publish = self._publish_local if self.root.is_local else self._publish_copy
-        version = publish(record, catalog.RELEASED if release else catalog.CANDIDATE)
+        status = catalog.RELEASED if release else catalog.CANDIDATE
+        version = publish(record, status)
         if release:
             catalog.write_latest_pointer(self.root, self.dataset)
-        logger.info("published %s/%s (%s) from build %s (%d samples)", self.dataset, version,
-                    catalog.RELEASED if release else catalog.CANDIDATE, self.build_id, self.n_samples)
+        logger.info("published %s/%s (%s) from build %s (%d samples)", self.dataset, version, status, self.build_id,
+                    self.n_samples)
         return version
 
     def _catalog_entry(self, version: str, record: dict[str, Any], status: str) -> dict[str, Any]:

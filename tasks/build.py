@@ -43,6 +43,7 @@ from storage import (
     promote,
     stage_version,
 )
+from storage.catalog import CANDIDATE, RELEASED
 from tasks.cards import dataset_card
 from tasks.devices import resolve_device
 from tasks.filtering import (
@@ -221,7 +222,7 @@ class BuildResult(BaseModel):
     quotas: dict[str, Any]
     report: str
     already_published: bool = False
-    status: str = "released"  # or "candidate": readable by its id, not `latest` until promoted
+    status: str = RELEASED  # or CANDIDATE: readable by its id, not `latest` until promoted
     seconds: dict[str, float] = {}  # wall time of the build's steps; `shard_tasks` sums the shard task bodies
 
 
@@ -491,7 +492,7 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
         reused_shards=sorted(finished),
         quotas=quotas,
         report=f"{open_dataset(root, config.dataset, version).path}/{report_path}",
-        status="released" if config.release else "candidate",
+        status=RELEASED if config.release else CANDIDATE,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )
 
@@ -554,7 +555,7 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, l
         anatomy=np.asarray(arrays["anatomy"].get_orthogonal_selection((show,))),
         captions=manifest["prompt"].iloc[show].tolist(),
         summary={"dataset": config.dataset, "build": staged.build_id, "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                 "status": "released" if config.release else "candidate (aurad datasets promote releases it)",
+                 "status": RELEASED if config.release else f"{CANDIDATE} (aurad datasets promote releases it)",
                  "seed": config.seed, "source": lineage["inputs"]["source"], "anatomy bank": lineage["inputs"]["anatomy_bank"],
                  "mask generator": lineage["models"]["mask_generator"]["id"],
                  "image generator": lineage["models"]["image_generator"]["id"],

@@ -259,9 +259,9 @@ def evaluation_key(params: EvaluateParameters) -> str:
     return config_hash({"settings": settings, "real": real, "synthetic": synthetic})[:16]
 
 
-def previous_outputs(params: EvaluateParameters, key: str) -> dict[str, dict[str, Any]] | None:
-    """The documents an earlier run with the same `evaluation_key` wrote, or None."""
-    _, read, _ = output_location(params)
+def previous_outputs(params: EvaluateParameters, key: str) -> tuple[dict[str, dict[str, Any]], str] | None:
+    """The documents an earlier run with the same `evaluation_key` wrote, and their folder; or None."""
+    _, read, where = output_location(params)
     wanted = list(params.evaluate.tasks) + (["metrics"] if params.evaluate.metrics.enabled else [])
     documents = {}
     for name in wanted:
@@ -273,7 +273,7 @@ def previous_outputs(params: EvaluateParameters, key: str) -> dict[str, dict[str
         if not isinstance(document, dict) or document.get("evaluation_key") != key:
             return None
         documents[name] = document
-    return documents
+    return documents, where
 
 
 def write_outputs(params: EvaluateParameters, documents: dict[str, dict[str, Any]], key: str | None = None) -> tuple[str, list[str]]:
