@@ -1,11 +1,14 @@
 """Shared fixtures: an offline, throwaway Prefect home, and one Prefect test harness per session."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 # Before anything imports prefect: a throwaway home, no telemetry, no hub.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="aurad-prefect-home-")
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)  # one per session, gone with it
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

@@ -3,7 +3,9 @@ registered with its work pool, schedule and parameters, and the parameters valid
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -58,17 +60,34 @@ def _prefect(env: dict, *args: str) -> str:
     return done.stdout
 
 
-def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server):
+@pytest.fixture(scope="module")
+def deployed(prefect_server):
+    """prefect.yaml deployed as the README says: both work pools, then `prefect deploy --all`."""
     env = prefect_server
     _prefect(env, "work-pool", "create", "aurad-cpu", "--type", "process")
     _prefect(env, "work-pool", "create", "aurad-gpu", "--type", "process")
     _prefect(env, "--no-prompt", "deploy", "--all")
-
     api = env["PREFECT_API_URL"]
     deployments = httpx.post(f"{api}/deployments/filter", json={}, timeout=30).json()
     flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, timeout=30).json()}
-    found = {(flows[d["flow_id"]], d["name"]): d for d in deployments}
+    return env, {(flows[d["flow_id"]], d["name"]): d for d in deployments}
 
+
+def _evaluate_runs_for(api: str, evaluate: dict, version: str, timeout: float = 120) -> list[dict]:
+    """The evaluate deployment's flow runs for one synthetic version, waiting for the trigger to make one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [evaluate["id"]]}}},
+                          timeout=30).json()
+        runs = [r for r in runs if (r["parameters"].get("overrides") or {}).get("synthetic_version") == version]
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(1)
+
+
+def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(deployed):
+    env, found = deployed
+    api = env["PREFECT_API_URL"]
     declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     assert len(found) == len(declared)
     nightly = found[("aurad-build", "nightly-build")]
@@ -94,11 +113,7 @@ def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server
     evaluate = found[("aurad-evaluate", "evaluate")]
     _prefect(env, "event", "emit", "aurad.dataset.published", "--resource-id", "aurad.dataset.synthetic",
              "--payload", '{"dataset": "synthetic", "version": "v0042", "build_id": "build-test"}')
-    deadline = time.monotonic() + 120
-    while not (runs := httpx.post(f"{api}/flow_runs/filter", json={"deployments": {"id": {"any_": [evaluate["id"]]}}},
-                                  timeout=30).json()):
-        assert time.monotonic() < deadline, "the published event started no evaluate run"
-        time.sleep(1)
+    runs = _evaluate_runs_for(api, evaluate, "v0042")
     assert len(runs) == 1 and runs[0]["parameters"]["overrides"] == {"synthetic_version": "v0042"}
     assert runs[0]["parameters"]["params"] == evaluate["parameters"]["params"]  # the profile's, merged
     from tasks.evaluate import EvaluateParameters
@@ -106,6 +121,69 @@ def test_prefect_yaml_deploys_with_pools_schedules_and_parameters(prefect_server
 
     params = with_overrides(EvaluateParameters.model_validate(runs[0]["parameters"]["params"]), runs[0]["parameters"]["overrides"])
     assert params.synthetic_version == "v0042"
+
+
+def _wait_for_final_state(api: str, run_id: str, worker: subprocess.Popen, log: Path, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30).json()
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        assert worker.poll() is None, f"the worker died:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the run is still {run['state']['name']}:\n{log.read_text()[-3000:]}"
+        time.sleep(2)
+
+
+def test_a_custom_nightly_build_runs_on_a_worker_and_the_ui_shows_it(deployed, tmp_path):
+    """A user's "Custom run" of the nightly build with small parameters: a process worker on the GPU pool
+    runs it to completion, and the server then holds what the UI shows: the summary and report artifacts
+    under the dataset's keys, the shard tasks by number, the evaluation the published version triggered,
+    and a version that is a candidate (a test run does not become `latest`)."""
+    from bench.world import make_build_world, tiny_build_config
+    from storage import open_dataset
+    from storage.catalog import CANDIDATE, version_status
+    from storage.layout import Root
+
+    env, found = deployed
+    api = env["PREFECT_API_URL"]
+    root = make_build_world(tmp_path / "root")
+    parameters = {"params": tiny_build_config(root).model_dump(mode="json"),
+                  "overrides": {"n_samples": 8, "shard_size": 4, "release": False}}
+    created = _prefect(env, "deployment", "run", "aurad-build/nightly-build", "--params", json.dumps(parameters))
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", created).group(1)
+
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "aurad-gpu", "--limit", "1"], env=env,
+                                  cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            run = _wait_for_final_state(api, run_id, worker, log_path, timeout=600)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=60)
+    assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{log_path.read_text()[-4000:]}"
+
+    version = "v0001"
+    assert version_status(Root(str(root)), "synthetic", version) == CANDIDATE
+    assert len(open_dataset(root, "synthetic", version)) == 8
+
+    artifacts = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run["id"]]}}},
+                           timeout=30).json()
+    by_key = {a["key"]: a for a in artifacts}
+    assert set(by_key) == {"build-synthetic", "build-synthetic-report"}
+    summary = by_key["build-synthetic"]
+    assert summary["type"] == "markdown" and summary["data"].startswith(f"# synthetic/{version}")
+    assert "samples accepted" in summary["data"] and "| expert | pass rate |" in summary["data"]
+    report = by_key["build-synthetic-report"]
+    assert report["type"] == "markdown" and f"synthetic/{version}/quality/report.html" in report["data"]
+
+    shard_runs = httpx.post(f"{api}/task_runs/filter", json={"task_runs": {"name": {"like_": "shard-"}}}, timeout=30).json()
+    assert sorted(t["name"] for t in shard_runs) == ["shard-00000", "shard-00001"]
+    assert all(t["state"]["type"] == "COMPLETED" for t in shard_runs)
+
+    evaluations = _evaluate_runs_for(api, found[("aurad-evaluate", "evaluate")], version)
+    assert len(evaluations) == 1, "the published version triggered no evaluation"
+    assert evaluations[0]["parameters"]["overrides"] == {"synthetic_version": version}
 
 
 def test_every_deployment_runs_its_profile_and_prefect_yaml_is_up_to_date():
