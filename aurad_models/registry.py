@@ -2,6 +2,7 @@
 
     <root>/models/<kind>/<id>/record.json   id, kind, sha256 of the weights, created, metrics, lineage
     <root>/models/<kind>/<id>/model/        a copy of the registered model directory
+    <root>/models/<kind>/<id>/MODEL_CARD.md  its model card: what it is, the data it saw, its metrics, checksum
 
 An id is `<kind>-<first 12 hex of the weights checksum>`, so registering the same weights twice gives the
 same record, and a build can name the exact model it used. `resolve_model` re-hashes the weights and
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from aurad_models.serialization import read_json, weights_sha256, write_json
 
 RECORD_NAME = "record.json"
+CARD_NAME = "MODEL_CARD.md"
 _KIND = re.compile(r"^[a-z][a-z0-9-]*$")
 _ID = re.compile(r"^[a-z][a-z0-9-]*-[0-9a-f]{12}$")
 
@@ -101,6 +103,7 @@ def register_model(
         "lineage": lineage,
     }
     write_json(staging / RECORD_NAME, record)
+    (staging / CARD_NAME).write_text(model_card(_read_record(staging)))
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         staging.rename(folder)  # atomic publish: a record is visible only once complete
@@ -109,6 +112,36 @@ def register_model(
             raise
         shutil.rmtree(staging, ignore_errors=True)
     return _read_record(folder)
+
+
+def model_card(record: ModelRecord, made_with: list[str] | None = None) -> str:
+    """A short model card: what the model is, the data it saw, how it was made (`made_with`: lines the caller
+    knows, e.g. the command and machine of a shipped model), what it scored, its checksum."""
+    lineage, metrics = record.lineage, record.metrics
+    data = lineage.get("data") or lineage.get("source") or {}
+    headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    seen = f"`{data.get('dataset', '?')}/{data.get('version', '?')}`, split `{data.get('split') or data.get('train_split', '?')}`"
+    return "\n".join([
+        f"# {record.id}",
+        "",
+        f"Kind: `{record.kind}`, trained by the AURAD pipeline; registered {record.created.isoformat(timespec='seconds')}.",
+        "A research tool, not for diagnosis: it is only as good as the data it saw and the metrics below.",
+        "",
+        "## Training data",
+        f"- {seen}" + (f", {data['n']} images" if data.get("n") else ""),
+        "",
+        "## How it was made",
+        *(made_with or []),
+        "- the full settings are in `record.json` (`lineage`)",
+        "",
+        "## Metrics (as recorded at registration)",
+        *(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in headline.items()),
+        *([] if headline else ["- none recorded"]),
+        "",
+        "## Checksum",
+        f"sha256 of the weights (every safetensors file, `aurad_models.serialization.weights_sha256`): `{record.sha256}`",
+        "",
+    ])
 
 
 def list_models(root: str | Path, kind: str | None = None) -> list[ModelRecord]:

@@ -358,10 +358,15 @@ def datasets_show(
     summary = ds.summary()
     console.print(f"[bold]{ds.name}/{ds.version}[/bold]  {ds.path}")
     table = Table("", "value")
-    for key in ("status", "n_samples", "accepted", "acceptance_rate", "image_size", "splits", "mask_sources", "reject_reasons"):
+    for key in ("status", "n_samples", "accepted", "acceptance_rate", "image_size", "splits", "mask_sources"):
         if key in summary:
             table.add_row(key, str(summary[key]))
     console.print(table)
+    if summary.get("reject_reasons"):
+        rejected = Table("rejected for (kind of problem)", "samples")
+        for kind, count in summary["reject_reasons"].items():
+            rejected.add_row(kind, str(count))
+        console.print(rejected)
     from aurad_models.vocabulary import PATHOLOGIES
 
     findings = Table("finding", "accepted samples")
@@ -373,23 +378,37 @@ def datasets_show(
     lineage = ds.lineage
     keep = {k: lineage[k] for k in ("kind", "build_id", "created", "config_hash", "models", "inputs", "code_version") if k in lineage}
     console.print_json(json.dumps(keep, default=str))
-    for report in ("quality/report.html", "quality/gates.html", "quality/evaluation.html"):
+    for report in ("quality/report.html", "quality/data_docs/index.html"):
         path = Path(str(ds.path)) / report
         if path.exists():
             console.print(f"report: {path}")
+    from storage.evaluations import list_evaluations
+
+    for run in list_evaluations(ds.root, ds.name, ds.version):
+        console.print(f"evaluation {run['run']} ({run['created']}): {run['folder']}/{run.get('report') or ''}")
+        for line in run.get("headline", [])[:2]:
+            console.print(f"  {line}")
 
 
 @models_app.command("list")
 def models_list(kind: Optional[str] = typer.Argument(None), root: Optional[str] = RootOption, profile: str = ProfileOption) -> None:
     """Registered models (optionally of one kind), oldest first."""
-    from aurad_models.registry import list_models
+    from aurad_models.registry import CARD_NAME, list_models
 
     root = root or _config(profile, None, None).storage.root
-    table = Table("kind", "id", "created", "metrics")
+    known = sorted({r.kind for r in list_models(root)})
+    if kind is not None and kind not in known:
+        errors.print(f"no registered models of kind {kind!r} under {root}; kinds here: {', '.join(known) or 'none'}",
+                     style="red", markup=False)
+        raise typer.Exit(1)
+    table = Table("kind", "id", "created", "metrics", "card")
     for record in list_models(root, kind):
-        metrics = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float))}
-        table.add_row(record.kind, record.id, record.created.isoformat(timespec="seconds"), json.dumps(metrics)[:80])
+        metrics = [f"{k} {v:.3g}" for k, v in record.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        shown = ", ".join(metrics[:4]) + (f", ... ({len(metrics) - 4} more in record.json)" if len(metrics) > 4 else "")
+        card = record.path.parent / CARD_NAME
+        table.add_row(record.kind, record.id, record.created.isoformat(timespec="seconds"), shown, str(card) if card.is_file() else "")
     console.print(table)
+    console.print(f"kinds: {', '.join(known) or 'none'}")
 
 
 if __name__ == "__main__":

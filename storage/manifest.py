@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -55,6 +56,26 @@ def read_parts(
     return pa.concat_tables(tables)
 
 
+_BRACKETED = re.compile(r"\s*(\([^)]*\)|\[[^\]]*\])")
+_NUMBER = r"-?\d+(?:\.\d+)?"
+_BELOW, _ABOVE = re.compile(rf"{_NUMBER}\s*<\s*{_NUMBER}"), re.compile(rf"{_NUMBER}\s*>\s*{_NUMBER}")
+
+
+def reject_reason_kinds(reason: str) -> set[str]:
+    """The kinds of problem one reject reason names, its numbers left out: "classifier: atelectasis prompted
+    but not detected (p=0.02 < 0.50); masks: nodule prompted but its mask is empty (0 px)" ->
+    {"classifier: atelectasis prompted but not detected", "masks: nodule prompted but its mask is empty"}.
+    Experts join their checks with "; " and a check's findings with ", " (`tasks.filtering`)."""
+    kinds = set()
+    for part in reason.split("; "):
+        expert, _, details = part.partition(": ")
+        for detail in _BRACKETED.sub("", details).split(", ") if details else [""]:
+            detail = _ABOVE.sub("above its threshold", _BELOW.sub("below its threshold", detail))
+            detail = " ".join(re.sub(_NUMBER, "", detail).split())
+            kinds.add(f"{expert}: {detail}" if detail else expert)
+    return kinds
+
+
 def manifest_counts(manifest: pa.Table) -> dict[str, Any]:
     """Summary counts of a manifest: for version.json and `DatasetVersion.summary`."""
     accepted = manifest.column("accepted").to_pylist()
@@ -70,7 +91,7 @@ def manifest_counts(manifest: pa.Table) -> dict[str, Any]:
         "findings_accepted": dict(sorted(per_finding.items())),
         "splits": dict(sorted(Counter(s or "none" for s in manifest.column("split").to_pylist()).items())),
         "mask_sources": dict(sorted(Counter(manifest.column("mask_source").to_pylist()).items())),
-        "reject_reasons": dict(
-            sorted(Counter(r for r in manifest.column("reject_reason").to_pylist() if r is not None).items())
-        ),
+        "reject_reasons": dict(sorted(  # rejected samples per kind of problem, most frequent first
+            Counter(k for r in manifest.column("reject_reason").to_pylist() if r is not None for k in reject_reason_kinds(r)).items(),
+            key=lambda kv: (-kv[1], kv[0]))),
     }

@@ -47,7 +47,7 @@ def dataset_card(dataset: str, build_id: str, lineage: dict[str, Any], frequenci
           f"(the build fails below {min_class_coverage}x)." for f in weak),
         "The experts that filter the samples are only as good as their validation scores (see the models' cards): a "
         "finding they cannot judge is not checked by them.",
-        "Realism and downstream worth are measured by `aurad evaluate` (evaluation.html beside this card once it has run), "
+        "Realism and downstream worth are measured by `aurad evaluate` (in `../_evaluations/<version>/index.html`, beside this version, once it has run), "
         "not at build time.",
     ]
     body = f"""# {dataset} (build `{build_id}`)

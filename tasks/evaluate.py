@@ -3,8 +3,9 @@ retraining (`tasks.retrain`), the quality metrics, the labels every model saw, a
 (`flows.evaluate.evaluate_flow` wires them as Prefect tasks). Tasks pass dataset references, not arrays:
 each loads what it needs from storage.
 
-Writes into `output` (default: the synthetic version's `quality/` folder, next to the build's
-`report.html`):
+Writes one evaluation run's folder: beside the synthetic version, never inside it (`storage.evaluations`:
+`<root>/<dataset>/_evaluations/<version>/e0001/`, listed in that folder's `index.html`), or into `output`
+when given:
     evaluation.json            segmentation (Dice), the shape documented in `tasks.retrain.run_downstream`
     evaluation_detection.json  detection (mAP@0.5), the same shape, when detection is enabled
     quality_metrics.json       C2ST, FXD / FD, PRDC, MS-SSIM diversity, mask-anatomy consistency, expert agreement
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from aurad_models import metrics
 from aurad_models.vocabulary import PATHOLOGIES
 from aurad_models.experts.loading import ExpertChoice
-from tasks.report import render_evaluation_report
+from tasks.report import headline_lines, render_evaluation_report
 from tasks.retrain import DownstreamConfig, LabelledImages, load_labelled, run_downstream, torch_threads
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class EvaluateParameters(BaseModel):
     test_split: str = Field("test", description="held-out real split every model is scored on")
     synthetic_dataset: str | None = Field("synthetic", description="the synthetic dataset (accepted samples); None: real regimes only")
     synthetic_version: str = Field("latest", description="version of the synthetic dataset: 'latest' or a version id")
-    output: str | None = Field(None, description="output folder; default: the synthetic version's quality/ folder")
+    output: str | None = Field(None, description="output folder; default: a new run folder beside the synthetic version "
+                               "(<dataset>/_evaluations/<version>/eNNNN), never inside it")
     evaluate: EvaluateConfig = Field(
         default_factory=EvaluateConfig, description="downstream regimes, models, seeds and quality metrics"
     )
@@ -219,32 +221,10 @@ def quality_metrics(params: EvaluateParameters) -> dict[str, Any]:
     return out
 
 
-def output_location(params: EvaluateParameters):
-    """(write(name, bytes), read(name) -> bytes | None, where) for the output folder: a local path, or the
-    synthetic version's quality/."""
-    if params.output is not None:
-        folder = Path(params.output)
-
-        def write_local(name: str, data: bytes) -> None:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / name).write_bytes(data)
-
-        def read_local(name: str) -> bytes | None:
-            return (folder / name).read_bytes() if (folder / name).is_file() else None
-
-        return write_local, read_local, str(folder)
+def _evaluated_version(params: EvaluateParameters):
     if not params.synthetic_dataset:
-        raise ValueError("no output folder given and no synthetic dataset to write into: set `output`")
-    version = _open(params.root, params.synthetic_dataset, params.synthetic_version)
-    base = version.root.path(version.name, version.version, "quality")
-
-    def write_version(name: str, data: bytes) -> None:
-        version.root.write_bytes(f"{base}/{name}", data)
-
-    def read_version(name: str) -> bytes | None:
-        return version.root.read_bytes(f"{base}/{name}") if version.root.exists(f"{base}/{name}") else None
-
-    return write_version, read_version, version.root.url_of(base)
+        raise ValueError("no output folder given and no synthetic dataset to write beside: set `output`")
+    return _open(params.root, params.synthetic_dataset, params.synthetic_version)
 
 
 def evaluation_key(params: EvaluateParameters) -> str:
@@ -259,12 +239,13 @@ def evaluation_key(params: EvaluateParameters) -> str:
     return config_hash({"settings": settings, "real": real, "synthetic": synthetic})[:16]
 
 
-def previous_outputs(params: EvaluateParameters, key: str) -> tuple[dict[str, dict[str, Any]], str] | None:
-    """The documents an earlier run with the same `evaluation_key` wrote, and their folder; or None."""
-    _, read, where = output_location(params)
-    wanted = list(params.evaluate.tasks) + (["metrics"] if params.evaluate.metrics.enabled else [])
+def _wanted(params: EvaluateParameters) -> list[str]:
+    return list(params.evaluate.tasks) + (["metrics"] if params.evaluate.metrics.enabled else [])
+
+
+def _read_documents(read, names: list[str], key: str) -> dict[str, dict[str, Any]] | None:
     documents = {}
-    for name in wanted:
+    for name in names:
         data = read(OUTPUT_FILES[name])
         try:
             document = json.loads(data) if data is not None else None
@@ -273,25 +254,64 @@ def previous_outputs(params: EvaluateParameters, key: str) -> tuple[dict[str, di
         if not isinstance(document, dict) or document.get("evaluation_key") != key:
             return None
         documents[name] = document
-    return documents, where
+    return documents
 
 
-def write_outputs(params: EvaluateParameters, documents: dict[str, dict[str, Any]], key: str | None = None) -> tuple[str, list[str]]:
-    """Write the JSON documents (each with the run's `evaluation_key`) and the HTML report; returns (folder,
-    file names)."""
-    write, _, where = output_location(params)
-    files = []
+def previous_outputs(params: EvaluateParameters, key: str) -> tuple[dict[str, dict[str, Any]], str] | None:
+    """The documents of the newest complete earlier run with the same `evaluation_key`, and its folder; or None."""
+    if params.output is not None:
+        folder = Path(params.output)
+        documents = _read_documents(lambda n: (folder / n).read_bytes() if (folder / n).is_file() else None, _wanted(params), key)
+        return (documents, str(folder)) if documents is not None else None
+    from storage.evaluations import evaluations_dir, list_evaluations
+
+    version = _evaluated_version(params)
+    for run in reversed(list_evaluations(version.root, version.name, version.version)):
+        if run.get("key") != key:
+            continue
+        base = f"{evaluations_dir(version.root, version.name, version.version)}/{run['run']}"
+        documents = _read_documents(lambda n: version.root.read_bytes(f"{base}/{n}") if version.root.exists(f"{base}/{n}") else None,
+                                    _wanted(params), key)
+        if documents is not None:
+            return documents, run["folder"]
+    return None
+
+
+def _documents_as_files(documents: dict[str, dict[str, Any]], key: str | None) -> dict[str, bytes]:
+    """Every output file's bytes: the JSON documents (each with the run's `evaluation_key`) and the report."""
+    files = {}
     for name, document in documents.items():
         document = {**document, "evaluation_key": key} if key else document
-        write(OUTPUT_FILES[name], (json.dumps(document, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n").encode())
-        files.append(OUTPUT_FILES[name])
+        files[OUTPUT_FILES[name]] = (json.dumps(document, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n").encode()
     main = documents.get("segmentation") or documents.get("detection")
     if main is not None:
         detection = documents.get("detection") if main is not documents.get("detection") else None
-        page = render_evaluation_report(main, detection, metrics=documents.get("metrics"))
-        write(OUTPUT_FILES["report"], page.encode())
-        files.append(OUTPUT_FILES["report"])
-    return where, files
+        files[OUTPUT_FILES["report"]] = render_evaluation_report(main, detection, metrics=documents.get("metrics")).encode()
+    return files
+
+
+def write_outputs(params: EvaluateParameters, documents: dict[str, dict[str, Any]], key: str | None = None) -> tuple[str, list[str]]:
+    """Write one run's files into a new run folder beside the synthetic version (or into `output`); returns
+    (folder, file names)."""
+    files = _documents_as_files(documents, key)
+    if params.output is not None:
+        folder = Path(params.output)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        return str(folder), list(files)
+    from storage.evaluations import claim_evaluation_folder, finish_evaluation
+
+    version = _evaluated_version(params)
+    folder = claim_evaluation_folder(version.root, version.name, version.version)
+    for name, data in files.items():
+        version.root.write_bytes(f"{folder}/{name}", data)
+    headline = [line for name in params.evaluate.tasks if name in documents for line in headline_lines(documents[name])]
+    finish_evaluation(version.root, version.name, version.version, folder, {
+        "key": key, "files": list(files), "report": OUTPUT_FILES["report"] if OUTPUT_FILES["report"] in files else None,
+        "headline": headline, "real": f"{params.real_dataset}/{_open(params.root, params.real_dataset, params.real_version).version}",
+        "synthetic": f"{version.name}/{version.version}"})
+    return version.root.url_of(folder), list(files)
 
 
 def _json_default(value: Any) -> Any:

@@ -35,6 +35,8 @@ def test_export_then_install_gives_the_same_verified_models(tmp_path):
     assert outputs == {"classifier_id": record.id}
     assert [m.id for m in list_models(tmp_path / "fresh", PATHOLOGY_CLASSIFIER_KIND)] == [record.id]
     assert embedded.install_step(found, tmp_path / "fresh", shipped) == outputs  # idempotent
+    installed = list_models(tmp_path / "fresh", PATHOLOGY_CLASSIFIER_KIND)[0].path.parent / embedded.CARD_NAME
+    assert installed.read_text() == card  # the registry's copy keeps the card that says how it was made
 
 
 def test_a_tampered_shipped_model_is_refused(tmp_path):
@@ -80,3 +82,23 @@ def test_shipped_models_load_with_todays_code_and_match_the_demo_profile():
     assert trained["image_generator_id"]["lineage"]["model_config"] == json.loads(json.dumps(
         demo.train.image_generator.model_dump(mode="json")))
     assert set(generators) == {"mask_generator_id", "image_generator_id"}
+
+
+def test_every_registered_model_has_a_card_and_models_list_shows_it_with_whole_numbers(tmp_path):
+    from typer.testing import CliRunner
+
+    from aurad_models.registry import CARD_NAME
+    from flows.cli import app
+
+    record = _registered_classifier(tmp_path)
+    card = (record.path.parent / CARD_NAME).read_text()
+    assert card.startswith(f"# {record.id}") and record.sha256 in card and "not for diagnosis" in card
+    assert "`phantom/v0001`, split `train`, 10 images" in card and "- auroc_mean: 0.5" in card
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["models", "list", "--root", str(tmp_path / "trained")], env={"COLUMNS": "400"})
+    assert listed.exit_code == 0, listed.output
+    assert "auroc_mean 0.5" in listed.output and CARD_NAME in listed.output
+    assert f"kinds: {PATHOLOGY_CLASSIFIER_KIND}" in listed.output
+    unknown = runner.invoke(app, ["models", "list", "mask-generatr", "--root", str(tmp_path / "trained")], env={"COLUMNS": "400"})
+    assert unknown.exit_code == 1 and f"kinds here: {PATHOLOGY_CLASSIFIER_KIND}" in unknown.output

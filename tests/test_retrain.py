@@ -364,9 +364,22 @@ def test_evaluate_flow_uses_a_registered_classifier_for_feature_metrics(stored_r
 
     shutil.copytree(stored_root, root)
     shutil.copytree(registry / "models", root / "models")
+    version_dir = root / "synthetic" / "v0001"
+    before = {p: p.stat().st_mtime_ns for p in version_dir.rglob("*")}
     result = evaluate_flow(EvaluateParameters(root=str(root), evaluate=config))
-    quality_file = root / "synthetic" / "v0001" / "quality" / "quality_metrics.json"
-    assert result.output.endswith("quality") and quality_file.is_file()  # default: into the synthetic version
+    # beside the published version, in a run folder of its own; nothing inside the version is written
+    runs = root / "synthetic" / "_evaluations" / "v0001"
+    quality_file = runs / "e0001" / "quality_metrics.json"
+    assert result.output.endswith("_evaluations/v0001/e0001") and quality_file.is_file()
+    assert {p: p.stat().st_mtime_ns for p in version_dir.rglob("*")} == before
+    record_file = json.loads((runs / "e0001" / "evaluation-record.json").read_text())
+    assert record_file["synthetic"] == "synthetic/v0001" and record_file["files"] == ["quality_metrics.json"]
+    assert evaluate_flow(EvaluateParameters(root=str(root), evaluate=config)).output == result.output  # reused
+    first_written = quality_file.stat().st_mtime_ns
+    rerun = evaluate_flow(EvaluateParameters(root=str(root), evaluate=config), rerun=True)
+    assert rerun.output.endswith("e0002") and quality_file.stat().st_mtime_ns == first_written  # a new run, a new folder
+    index = (runs / "index.html").read_text()
+    assert index.index(">e0002<") < index.index(">e0001<")  # newest first
     quality = json.loads(quality_file.read_text())
     assert quality["frechet"]["metric"] == "FD" and quality["frechet"]["extractor"] == f"project:{record.id}"
     assert quality["frechet"]["value"] >= 0 and 0 <= quality["prdc"]["precision"] <= 1

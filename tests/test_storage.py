@@ -801,3 +801,19 @@ def test_a_candidate_is_never_latest_until_promoted_and_the_pointer_file_follows
     only.publish({}, release=False)
     with pytest.raises(StorageError, match="no released version.*aurad datasets promote fresh@v0001"):
         open_dataset(tmp_path, "fresh")
+
+
+def test_reject_reasons_group_by_kind_of_problem_without_their_numbers():
+    from storage.manifest import reject_reason_kinds
+
+    reason = ("classifier: atelectasis prompted but not detected (p=0.02 < 0.50), nodule prompted but not detected "
+              "(p=0.10 < 0.50); masks: nodule prompted but its mask is empty (0 px); fidelity: consolidation re-found "
+              "with Dice 0.03 < 0.08 (real images reach it); image_stats: image mean 0.61 outside the source range [0.20, 0.55]")
+    assert reject_reason_kinds(reason) == {
+        "classifier: atelectasis prompted but not detected", "classifier: nodule prompted but not detected",
+        "masks: nodule prompted but its mask is empty", "fidelity: consolidation re-found with Dice below its threshold",
+        "image_stats: image mean outside the source range"}
+    # two samples rejected for the same kind with other p-values count as one kind, twice
+    assert reject_reason_kinds("classifier: atelectasis prompted but not detected (p=0.31 < 0.50)") == \
+        reject_reason_kinds("classifier: atelectasis prompted but not detected (p=0.00 < 0.50)")
+    assert reject_reason_kinds("mask_location") == {"mask_location"}

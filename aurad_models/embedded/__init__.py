@@ -22,14 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aurad_models.registry import RECORD_NAME, ModelChecksumError, models_root, resolve_model
+from aurad_models.registry import CARD_NAME, RECORD_NAME, ModelChecksumError, model_card, models_root, resolve_model
 from aurad_models.serialization import read_json, weights_sha256, write_json
 
 logger = logging.getLogger(__name__)
 
 EMBEDDED_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "manifest.json"
-CARD_NAME = "MODEL_CARD.md"
 
 
 class EmbeddedModelError(RuntimeError):
@@ -63,7 +62,7 @@ def install_step(entry: dict[str, Any], registry_root: str | Path, directory: Pa
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = target.with_name(target.name + ".partial")
             shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(CARD_NAME))
+            shutil.copytree(source, staging)  # its card too: the registry's copy tells how it was made
             staging.rename(target)
         try:
             resolve_model(registry_root, model["kind"], model["id"], verify=True)
@@ -85,7 +84,7 @@ def export_step(step: str, fingerprint: str, outputs: dict[str, Any], kinds: dic
         target = directory / kind / record.id
         shutil.rmtree(target, ignore_errors=True)
         shutil.copytree(record.path.parent, target)
-        (target / CARD_NAME).write_text(model_card(record, step, how))
+        (target / CARD_NAME).write_text(model_card(record, made_with(step, how)))
         models[key] = {"kind": kind, "id": record.id, "sha256": record.sha256}
     manifest = read_manifest(directory)
     manifest["steps"][step] = {"fingerprint": fingerprint, "outputs": {k: outputs[k] for k in kinds if k in outputs},
@@ -95,33 +94,15 @@ def export_step(step: str, fingerprint: str, outputs: dict[str, Any], kinds: dic
     return manifest["steps"][step]
 
 
-def model_card(record: Any, step: str, how: dict[str, Any]) -> str:
-    """A short model card: what the model is, how it was made, what it scored, its checksum."""
-    lineage, metrics = record.lineage, record.metrics
-    data = lineage.get("data") or lineage.get("source") or {}
-    headline = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-    lines = [
-        f"# {record.id}",
-        "",
-        f"Kind: `{record.kind}`, made by the `{step}` step of the AURAD pipeline on the embedded phantom world.",
-        "Synthetic training data only: a research tool, not for diagnosis.",
-        "",
-        "## How it was made",
-        f"- command: `{how.get('command', '?')}` (profile `{how.get('profile', '?')}`), then `aurad embed`",
-        f"- code: aurad {how.get('package', '?')}, git {how.get('git_commit', '?')}",
-        f"- data: `{data.get('dataset', '?')}/{data.get('version', '?')}` (source build `{how.get('source_build', '?')}`), "
-        f"split `{data.get('split') or data.get('train_split', '?')}`" + (f", {data['n']} images" if data.get("n") else ""),
+def made_with(step: str, how: dict[str, Any]) -> list[str]:
+    """The lines a shipped model's card adds: the command, code and machine that made it."""
+    return [
+        f"- the `{step}` step on the embedded phantom world: `{how.get('command', '?')}` (profile `{how.get('profile', '?')}`), "
+        "then `aurad embed`",
+        f"- code: aurad {how.get('package', '?')}, git {how.get('git_commit', '?')}; source build `{how.get('source_build', '?')}`",
         f"- machine: {how.get('machine', '?')}",
-        f"- settings fingerprint: `{how.get('fingerprint', '?')}`; the full settings are in `record.json` (`lineage`)",
-        "",
-        "## Metrics",
-        *(f"- {k}: {v:.4g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in headline.items()),
-        "",
-        "## Checksum",
-        f"sha256 of the weights (every safetensors file, `aurad_models.serialization.weights_sha256`): `{record.sha256}`",
-        "",
+        f"- settings fingerprint: `{how.get('fingerprint', '?')}`",
     ]
-    return "\n".join(lines)
 
 
 def shipped_size(directory: Path = EMBEDDED_DIR) -> int:
