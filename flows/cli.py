@@ -360,7 +360,7 @@ def datasets_show(
     table = Table("", "value")
     for key in ("status", "n_samples", "accepted", "acceptance_rate", "image_size", "splits", "mask_sources"):
         if key in summary:
-            table.add_row(key, str(summary[key]))
+            table.add_row(key, f"{summary[key]:.1%}" if key == "acceptance_rate" else str(summary[key]))
     console.print(table)
     if summary.get("reject_reasons"):
         rejected = Table("rejected for (kind of problem)", "samples")
@@ -403,7 +403,8 @@ def models_list(kind: Optional[str] = typer.Argument(None), root: Optional[str] 
         raise typer.Exit(1)
     table = Table("kind", "id", "created", "metrics", "card")
     for record in list_models(root, kind):
-        metrics = [f"{k} {v:.3g}" for k, v in record.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        metrics = [f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3g}" for k, v in record.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         shown = ", ".join(metrics[:4]) + (f", ... ({len(metrics) - 4} more in record.json)" if len(metrics) > 4 else "")
         card = record.path.parent / CARD_NAME
         table.add_row(record.kind, record.id, record.created.isoformat(timespec="seconds"), shown, str(card) if card.is_file() else "")
