@@ -58,10 +58,11 @@ def read_table(path: Path, required: Sequence[str], what: str, rename: dict[str,
     """
     if not path.is_file():
         raise SourceFormatError(f"{what}: index file {path} is missing")
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise SourceFormatError(f"{what}: {path} is not a readable CSV file ({error})") from None
+    try:  # compression from the suffix: the published .csv.gz files are read as they are
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, compression="infer")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, EOFError) as error:
+        # OSError / EOFError: a damaged or truncated .gz (gzip.BadGzipFile is an OSError)
+        raise SourceFormatError(f"{what}: {path} is not a readable CSV file ({type(error).__name__}: {error})") from None
     table.columns = [str(c).strip() for c in table.columns]
     table = table.rename(columns=rename or {})
     blank = [c for c in table.columns if c.startswith("Unnamed:") and (table[c].str.strip() == "").all()]
@@ -73,6 +74,16 @@ def read_table(path: Path, required: Sequence[str], what: str, rename: dict[str,
             f"found {', '.join(repr(c) for c in table.columns)}"
         )
     return table
+
+
+def find_index(root: Path, candidates: Sequence[str], what: str) -> str:
+    """The first of `candidates` (paths relative to `root`) that is a file, or a SourceFormatError listing
+    where it looked. Each candidate is also tried gzipped (`.gz`), as some mirrors publish them."""
+    for candidate in candidates:
+        for name in (candidate, f"{candidate}.gz") if not candidate.endswith(".gz") else (candidate,):
+            if (root / name).is_file():
+                return name
+    raise SourceFormatError(f"{what}: no index file in {root} (looked for {', '.join(candidates)}, also gzipped)")
 
 
 def parse_float(value: str, what: str, where: str) -> float:

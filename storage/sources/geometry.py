@@ -9,7 +9,10 @@ Coordinate conventions (documented because off-by-one errors are invisible in a 
   boxes are the inclusive min/max of those indices): the outline pixels and every pixel inside are in.
 - Discs (JSRT) are centred on a pixel index; a pixel is inside when its index is within the radius.
 - The SIIM RLE is column-major on the image grid, relative ("start" counts from the end of the
-  previous run) in `train-rle.csv`; absolute 1-based starts in the Kaggle-standard form.
+  previous run) in `train-rle.csv` (and in torchxrayvision's copy of it,
+  `siim-pneumothorax-train-rle.csv.gz`: decoded as absolute, every one of its 3,576 masks has runs that
+  go backwards; decoded as relative, every one stays inside 1024x1024); absolute 1-based starts in the
+  Kaggle-standard form.
 """
 
 from __future__ import annotations
@@ -88,7 +91,9 @@ def decode_rle(encoded: str, shape: tuple[int, int], relative: bool = True) -> n
     Pairs of integers `start length`, column-major (the SIIM sample code reshapes to (width, height) and
     transposes). `relative=True` is `train-rle.csv`'s form: each start counts pixels from the end of the
     previous run, the first from pixel 0. `relative=False` is the Kaggle-standard form: 1-based absolute
-    starts. A run past the image, a negative number or an odd count is a `RecordError`.
+    starts, increasing. A run past the image, a negative number, an odd count or (absolute) a run that
+    starts before the previous one ended is a `RecordError`; the last is what a relative file read as
+    absolute looks like.
     """
     height, width = shape
     try:
@@ -105,6 +110,11 @@ def decode_rle(encoded: str, shape: tuple[int, int], relative: bool = True) -> n
         begin = position + start if relative else start - 1
         if begin < 0:
             raise RecordError("RLE start 0 in 1-based absolute encoding")
+        if not relative and begin < position:
+            raise RecordError(
+                f"RLE run at pixel {begin} starts before the previous run ended ({position}): "
+                "not an absolute encoding (is the file relative, rle='relative'?)"
+            )
         end = begin + length
         if end > flat.size:
             raise RecordError(f"RLE runs past the image: pixel {end} of {flat.size} ({height}x{width})")

@@ -3,11 +3,15 @@
 Layout:
     <root>/train-rle.csv                       ImageId, EncodedPixels (the header reads "ImageId, EncodedPixels")
     <root>/dicom-images-train/<study>/<series>/<ImageId>.dcm   (1024x1024 DICOM; ImageId is the SOP Instance UID)
+The masks CSV is found among `_CSV_CANDIDATES` (each also gzipped), or named with `rle_csv`:
+`train-rle.csv` (stage 1), `siim-pneumothorax-train-rle.csv.gz` (torchxrayvision's copy of it, read as
+published: 12,954 rows, 12,047 images, 3,576 RLE rows on 2,669 of them) and `stage_2_train.csv`.
 "-1" means no pneumothorax; several rows for one image are separate regions and are united. The RLE is
-column-major and, in `train-rle.csv`, relative (see `geometry.decode_rle`); the stage-2 file
-`stage_2_train.csv` is read with absolute 1-based starts (`rle="absolute"`; our assumption about that
-release, overridable). Only pneumothorax was graded: every other label is NaN. DICOM names are UIDs, so
-only their hash is written out.
+column-major and, in `train-rle.csv` and its torchxrayvision copy, relative (checked on every row, see
+`geometry`); the stage-2 file `stage_2_train.csv` is read with absolute 1-based starts (`rle="absolute"`;
+our assumption about that release, overridable; a relative file read as absolute quarantines its
+records with a message saying so). Only pneumothorax was graded: every other label is NaN. DICOM names
+are UIDs, so only their hash is written out.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from aurad_models.vocabulary import pathology_index
-from storage.sources.base import SourceAdapter, index_files, read_table, spacing_metadata
+from storage.sources.base import SourceAdapter, find_index, index_files, read_table, spacing_metadata
 from storage.sources.geometry import decode_rle
 from storage.sources.pixels_io import read_dicom
 from storage.sources.records import (
@@ -35,7 +39,12 @@ logger = logging.getLogger(__name__)
 
 SIIM_RELABEL = RelabelTable(mapped={"pneumothorax": "pneumothorax"}, exhaustive=True)
 
-_CSV_CANDIDATES = {"train-rle.csv": "relative", "stage_2_train.csv": "absolute"}
+# name -> its RLE form; tried in this order, each also as `<name>.gz`
+_CSV_CANDIDATES = {
+    "train-rle.csv": "relative",
+    "siim-pneumothorax-train-rle.csv": "relative",
+    "stage_2_train.csv": "absolute",
+}
 
 
 class SIIMPneumothorax(SourceAdapter):
@@ -47,9 +56,9 @@ class SIIMPneumothorax(SourceAdapter):
         if rle not in (None, "relative", "absolute"):
             raise ValueError(f"rle must be 'relative' or 'absolute', got {rle!r}")
         if rle_csv is None:
-            rle_csv = next((name for name in _CSV_CANDIDATES if (self.root / name).is_file()), "train-rle.csv")
+            rle_csv = find_index(self.root, tuple(_CSV_CANDIDATES), f"{self.name} masks")
         self.rle_csv = rle_csv
-        self.rle = rle or _CSV_CANDIDATES.get(Path(rle_csv).name, "relative")
+        self.rle = rle or _CSV_CANDIDATES.get(Path(rle_csv).name.removesuffix(".gz"), "relative")
         self._files: dict[str, Path] | None = None
 
     def options(self) -> dict[str, object]:

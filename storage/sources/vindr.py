@@ -4,15 +4,28 @@ Layout:
     <root>/annotations/annotations_train.csv   image_id, rad_id, class_name, x_min, y_min, x_max, y_max
     <root>/annotations/annotations_test.csv    (optional; split "test")
     <root>/train/<image_id>.dicom, <root>/test/<image_id>.dicom
-The CSV may also sit directly in <root>, or be Kaggle's `train.csv` (extra `class_id` column). Each image
+The CSV may also sit directly in <root>, or be Kaggle's `train.csv` (VinBigData competition: columns
+image_id, class_name, class_id, rad_id, x_min, y_min, x_max, y_max), which torchxrayvision ships as
+`vinbigdata-train.csv.gz` (67,914 rows, 15,000 images, readers R1..R17, three per image); every name
+is also tried gzipped, and `annotations=` names any other file. Images are then <root>/train/<image_id>.dicom
+(or .dcm). Boxes are in the DICOM's own pixels; the CSV lists no image size, so a box is checked against
+the DICOM when it is read (clipped: flagged; entirely outside: the record is quarantined). Each image
 was read by several radiologists (`rad_id`); a "No finding" row (empty box) is a reader's normal read.
 
 Labels: a label is 1 when at least `min_votes` radiologists reported it, 0 when none did, NaN when some
-but fewer than `min_votes` did (the readers disagree). Masks: the union of the boxes of the radiologists
-for a positive label, `mask_source="box"`. "Nodule/Mass" is one VinDr class: a box whose longer side
-exceeds `nodule_mass_cutoff_mm` (30 mm, the radiological nodule/mass boundary) is a mass, otherwise a
-nodule, measured with the DICOM's pixel spacing, or, when the DICOM has none, assuming the image width
-spans `assumed_width_mm`.
+but fewer than `min_votes` did (the readers disagree); votes are readers, not boxes (one reader's three
+boxes for a class are one vote).
+
+Masks, fusing the readers: for a positive label the mask is the union (pixel-wise OR) of every box every
+reader drew for it, so a region any reader marked is inside. A box is a bound, not an outline: the union
+is where some reader put the finding; intersecting the readers would drop true extent wherever one
+reader boxed tighter or boxed only one of several lesions. A label below `min_votes` (NaN) has an empty
+mask. Metadata `readers.<label>` is how many readers boxed each label that got at least one vote, so
+stricter agreement can be selected later without re-importing; `mask_source="box"`.
+
+"Nodule/Mass" is one VinDr class: a box whose longer side exceeds `nodule_mass_cutoff_mm` (30 mm, the
+radiological nodule/mass boundary) is a mass, otherwise a nodule, measured with the DICOM's pixel
+spacing, or, when the DICOM has none, assuming the image width spans `assumed_width_mm`.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from aurad_models.vocabulary import pathology_index
-from storage.sources.base import SourceAdapter, parse_float, read_table, spacing_metadata
+from storage.sources.base import SourceAdapter, find_index, parse_float, read_table, spacing_metadata
 from storage.sources.geometry import box_mask
 from storage.sources.pixels_io import read_dicom
 from storage.sources.records import (
@@ -66,8 +79,8 @@ VINDR_RELABEL = RelabelTable(
 )
 
 _REQUIRED = ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max")
-_CANDIDATES = {
-    "train": ("annotations/annotations_train.csv", "annotations_train.csv", "train.csv"),
+_CANDIDATES = {  # each also tried gzipped
+    "train": ("annotations/annotations_train.csv", "annotations_train.csv", "train.csv", "vinbigdata-train.csv"),
     "test": ("annotations/annotations_test.csv", "annotations_test.csv"),
 }
 
@@ -105,13 +118,14 @@ class VinDrCXR(SourceAdapter):
             return [("train", self.root / self.annotations)]
         files = []
         for split, candidates in _CANDIDATES.items():
-            for candidate in candidates:
-                if (self.root / candidate).is_file():
-                    files.append((split, self.root / candidate))
-                    break
+            try:
+                files.append((split, self.root / find_index(self.root, candidates, f"{self.name} annotations")))
+            except SourceFormatError:
+                continue
         if not files:
             raise SourceFormatError(
-                f"{self.name}: no annotations CSV in {self.root} (looked for {', '.join(_CANDIDATES['train'])})"
+                f"{self.name}: no annotations CSV in {self.root} (looked for {', '.join(_CANDIDATES['train'])}, "
+                "also gzipped)"
             )
         return files
 
@@ -180,6 +194,7 @@ class VinDrCXR(SourceAdapter):
         metadata.update(spacing_metadata(spacing))
         metadata.update(relabel_metadata(result))
         metadata["readers"] = str(len({row[1] for row in ref.annotations}))
+        metadata.update({f"readers.{label}": str(len(votes[label])) for label in sorted(votes)})
         if any(c == NODULE_MASS for c in class_names):
             metadata["nodule_mass_rule"] = "pixel_spacing" if spacing else f"assumed_width_{self.assumed_width_mm:g}mm"
         return SourceRecord(
