@@ -7,6 +7,7 @@ embeds it, so plain `pyarrow.parquet.read_table(<version>/manifest)` gets the sa
     sample_id               string                                        no    unique within a version
     split                   string                                        yes   train / val / test (source datasets)
     prompt                  string                                        no    prompt / report text
+    source_report           string                                        yes   the real report a prompt was read from
     findings                list<struct<label, side, zone, size: string>> no    may be empty; label not null
     seed                    int64                                         no    seed of the final try
     attempt_seeds           list<int64>                                   no    every try's seed, in order (last == seed)
@@ -28,7 +29,9 @@ Checksums hash the C-ordered bytes of the stored arrays: the image as little-end
 masks as the pathology (C, H, W) bytes followed by the anatomy (A, H, W) bytes, uint8.
 
 Callers pass every column except the four writer-filled ones, as a `pa.Table` or a list of dicts
-(`manifest_rows_to_table`); missing, extra or mistyped columns are a `StorageError` naming them.
+(`manifest_rows_to_table`); missing, extra or mistyped columns are a `StorageError` naming them. The
+`OPTIONAL_COLUMNS` (nullable, added after manifest version 1) may be left out by a caller and are then
+null; a part written before they existed reads back with them null.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ COLUMN_MEANINGS: dict[str, str] = {
     "sample_id": "unique within a version",
     "split": "train / val / test (source datasets); empty for synthetic samples",
     "prompt": "the prompt (or report text) the sample was made from",
+    "source_report": "the real radiology report the prompt was read from (`build.prompts.reports`, identifiers "
+                     "scrubbed); empty for sampled prompts",
     "findings": "the prompt's findings: label, side, zone, size; may be empty (a normal image)",
     "seed": "seed of the final try: regenerates the sample",
     "attempt_seeds": "every try's seed, in order (the last is `seed`)",
@@ -80,6 +85,7 @@ CALLER_FIELDS: tuple[pa.Field, ...] = (
     pa.field("sample_id", pa.string(), nullable=False),
     pa.field("split", pa.string()),
     pa.field("prompt", pa.string(), nullable=False),
+    pa.field("source_report", pa.string()),
     pa.field("findings", pa.list_(FINDING_TYPE), nullable=False),
     pa.field("seed", pa.int64(), nullable=False),
     pa.field("attempt_seeds", pa.list_(pa.int64()), nullable=False),
@@ -101,8 +107,21 @@ WRITER_FIELDS: tuple[pa.Field, ...] = (
 )
 
 CALLER_SCHEMA = pa.schema(CALLER_FIELDS)
-MANIFEST_SCHEMA = pa.schema(CALLER_FIELDS + WRITER_FIELDS, metadata={"aurad.manifest_version": "1"})
+MANIFEST_SCHEMA = pa.schema(CALLER_FIELDS + WRITER_FIELDS, metadata={"aurad.manifest_version": "2"})
 WRITER_COLUMNS: tuple[str, ...] = tuple(f.name for f in WRITER_FIELDS)
+# Nullable columns added after manifest version 1: a caller may leave them out (null), old parts read them null.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("source_report",)
+
+
+def _with_optional_columns(table: pa.Table, expected: pa.Schema) -> pa.Table:
+    """The table with every missing `OPTIONAL_COLUMNS` entry added as nulls, at its place in `expected`."""
+    for name in OPTIONAL_COLUMNS:
+        if name not in table.column_names and name in expected.names:
+            position = expected.get_field_index(name)
+            before = [n for n in expected.names[:position] if n in table.column_names]
+            at = table.column_names.index(before[-1]) + 1 if before else 0
+            table = table.add_column(at, expected.field(name), pa.nulls(table.num_rows, expected.field(name).type))
+    return table
 
 
 # --- schema checks -------------------------------------------------------------------------------
@@ -149,6 +168,7 @@ def check_schema(schema: pa.Schema, expected: pa.Schema, where: str) -> None:
 def _conform(table: pa.Table, expected: pa.Schema, where: str) -> pa.Table:
     """Reorder a caller's table to the expected schema, casting only where nothing but nullability or
     an all-null column differs; anything else is reported by `check_schema`."""
+    table = _with_optional_columns(table, expected)
     names = set(table.column_names)
     if names != {f.name for f in expected}:
         check_schema(table.schema, expected, where)
@@ -218,7 +238,7 @@ def manifest_rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise StorageError(f"manifest row {i} must be a dict, got {type(row).__name__}")
-        missing = [n for n in wanted if n not in row]
+        missing = [n for n in wanted if n not in row and n not in OPTIONAL_COLUMNS]
         extra = [k for k in row if k not in wanted]
         if missing or extra:
             writer = [k for k in extra if k in WRITER_COLUMNS]
@@ -226,7 +246,7 @@ def manifest_rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
             raise StorageError(f"manifest row {i}: missing columns {missing}, unexpected columns {extra}{hint}")
     arrays = []
     for field in CALLER_FIELDS:
-        values = [row[field.name] for row in rows]
+        values = [row.get(field.name) for row in rows]
         try:
             arrays.append(pa.array(values, type=field.type))
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as error:
@@ -266,7 +286,9 @@ def add_writer_columns(
 
 
 def check_manifest_table(table: pa.Table, where: str) -> pa.Table:
-    """A stored manifest (part) checked against `MANIFEST_SCHEMA`; returned with its exact schema."""
+    """A stored manifest (part) checked against `MANIFEST_SCHEMA`; returned with its exact schema. A part
+    written before an `OPTIONAL_COLUMNS` column existed gets it as nulls."""
+    table = _with_optional_columns(table, MANIFEST_SCHEMA)
     check_schema(table.schema, MANIFEST_SCHEMA, where)
     _check_nulls(table, where)
     return table.replace_schema_metadata(MANIFEST_SCHEMA.metadata)

@@ -26,7 +26,7 @@ from aurad_models.experts import (
     ExpertChoice,
     resolve_choice,
 )
-from aurad_models.findings import Finding
+from aurad_models.findings import Finding, findings_from_report
 from aurad_models.hashing import config_hash
 from aurad_models.image_generator import ImageSamplingConfig
 from aurad_models.mask_generator import MaskSamplingConfig
@@ -55,7 +55,11 @@ from tasks.prompts import (
     FindingPrior,
     PromptSamplerConfig,
     estimate_prior,
+    read_reports,
+    reports_file,
     redraw_attributes,
+    redraw_unstated,
+    report_slots,
     sample_prompts,
     tilted_weights,
 )
@@ -199,6 +203,7 @@ class ShardPlan:
     prompts: list[Prompt]
     bank_indices: list[int]
     redraws: list[list[Prompt]] = field(default_factory=list)  # per slot: the prompts tried after the first
+    source_reports: list[str | None] = field(default_factory=list)  # per slot: the report its prompt was read from
 
     def prompt_at(self, slot: int, attempt: int, max_tries: int) -> Prompt:
         """The prompt of a slot's try: the first prompt for `max_tries` tries, then each redraw in turn."""
@@ -250,6 +255,70 @@ def resolve_models(config: BuildConfig, root: str) -> BuildModels:
     )
 
 
+@dataclass
+class PromptPlan:
+    """The build's prompts before generation: one per slot, the prior behind them, the target share per finding,
+    and (prompts from reports) each slot's report text with identifiers scrubbed (else None per slot), plus the
+    reports file's texts and findings, which the top-up draws from."""
+
+    prompts: list[Prompt]
+    prior: FindingPrior
+    targets: dict[str, float]
+    reports: list[str | None]
+    pool: list[tuple[str, Prompt]] = field(default_factory=list)
+    source: str = "source"  # what the prompts come from, for the lineage
+
+
+def plan_prompts(config: BuildConfig, source: DatasetVersion) -> PromptPlan:
+    """The prompts of every slot (`config.prompts`): sampled from the prior its `prior` names (the source
+    dataset's labels by default, `tasks.priors`), or read from the reports of its `reports` file. Reports go
+    to the slots in a seeded random order, cycled (`report_slots`); frequency targets do not apply, so the
+    target share of a finding is its share among the slots' prompts, and the prior (for the lineage and the
+    co-occurrence report) is the reports' own."""
+    from storage.sources.records import scrub_identifiers
+    from tasks.priors import load_prior, prior_fingerprint
+
+    seed = derive_seed(config.seed, "prompts")
+    if config.prompts.reports is not None:
+        texts = read_reports(config.prompts.reports)
+        pool = [(scrub_identifiers(text), findings_from_report(text)) for text in texts]
+        picks = report_slots(len(pool), config.n_samples, seed)
+        prompts = [pool[i][1] for i in picks]
+        n = len(prompts)
+        targets = {label: sum(any(f.label == label for f in p) for p in prompts) / n for label in PATHOLOGIES}
+        return PromptPlan(prompts, estimate_prior(p for _, p in pool), targets, [pool[i][0] for i in picks], pool,
+                          f"reports {config.prompts.reports} ({len(pool)} reports, sha256 {_file_sha256(config.prompts.reports)})")
+
+    def source_findings():
+        frame = source.to_pandas()
+        return [list(f) for f in frame.query("split == 'train'")["findings"]] if "split" in frame.columns else []
+
+    prior = load_prior(config.prompts.prior, source_findings)
+    prompts = sample_prompts(config.n_samples, prior, config.prompts, seed)
+    where = (f"prior of {source.name}/{source.version}" if config.prompts.prior == "source"
+             else f"prior {config.prompts.prior} (sha256 {prior_fingerprint(config.prompts.prior)})")
+    return PromptPlan(prompts, prior, label_targets(config, prior), [None] * len(prompts), source=where)
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(reports_file(path).read_bytes()).hexdigest()
+
+
+def prompt_source_identity(config: BuildConfig) -> dict[str, Any]:
+    """What a build's prompts come from beyond the config, for its id: the content of a prior file or a
+    reports file (empty for the default, the source dataset's prior, so those build ids stay as they were)."""
+    from tasks.priors import prior_fingerprint
+
+    identity: dict[str, Any] = {}
+    if config.prompts.prior != "source":
+        identity["prior"] = {"spec": config.prompts.prior, "sha256": prior_fingerprint(config.prompts.prior)}
+    if config.prompts.reports is not None:
+        identity["reports"] = {"path": config.prompts.reports, "sha256": _file_sha256(config.prompts.reports)}
+    return identity
+
+
 def label_targets(config: BuildConfig, prior) -> dict[str, float]:
     """Per-finding share of prompts the sampler aims at (the tilted prior's marginals)."""
     combos, p = tilted_weights(prior, config.prompts)
@@ -258,11 +327,13 @@ def label_targets(config: BuildConfig, prior) -> dict[str, float]:
 
 def plan_shards(
     config: BuildConfig, prompts: list[tuple[Finding, ...]], bank: DatasetVersion, staged: StagedVersion, shards: list[int],
-    prior: FindingPrior | None = None, phase: tuple[int, int] | None = None,
+    prior: FindingPrior | None = None, phase: tuple[int, int] | None = None, reports: list[str | None] | None = None,
 ) -> list[ShardPlan]:
     """Pair every slot with a prompt and an accepted anatomy-bank sample that fits it, and draw the prompts a
     slot tries when its first one keeps being rejected (`config.prompt_redraws`: the same findings with
     attributes drawn again from `prior`, seeded by the slot's index, so a resumed shard draws the same).
+    With prompts from reports (`reports`: each slot's report text) a redraw only fills in the attributes the
+    report left unspecified (`redraw_unstated`), so what the report says stays true of the sample.
 
     Cardiomegaly is a finding of the anatomy itself (an enlarged heart), so prompts with cardiomegaly draw
     anatomy whose cardiothoracic ratio exceeds `config.cardiomegaly_ctr`, and the others draw normal hearts.
@@ -292,15 +363,18 @@ def plan_shards(
         rounds = -(-slots.size // pool.size)
         assignment[slots] = np.concatenate([rng.permutation(pool) for _ in range(rounds)])[: slots.size]
     plans = []
+
+    def redraw(i: int, r: int) -> Prompt:
+        seed = derive_seed(config.seed, "redraw", i, r)
+        if config.prompts.reports is not None:
+            return redraw_unstated(prompts[i], seed)
+        return redraw_attributes(prompts[i], prior, config.prompts, seed) if prior else prompts[i]
+
     for k in shards:
         start, stop = staged.shard_bounds(k)
-        redraws = [
-            [redraw_attributes(prompts[i], prior, config.prompts, derive_seed(config.seed, "redraw", i, r)) if prior else prompts[i]
-             for r in range(config.prompt_redraws)]
-            for i in range(start, stop)
-        ]
+        redraws = [[redraw(i, r) for r in range(config.prompt_redraws)] for i in range(start, stop)]
         plans.append(ShardPlan(shard=k, start=start, prompts=prompts[start:stop], bank_indices=assignment[start:stop].tolist(),
-                               redraws=redraws))
+                               redraws=redraws, source_reports=list(reports[start:stop]) if reports else []))
     return plans
 
 
@@ -309,9 +383,23 @@ def topup_prompts(prior: FindingPrior, config: BuildConfig, targets: dict[str, f
     left short of its target share among the accepted samples gets prompts that hold it (drawn from the
     prior's combinations with it, so its companions come along), as many as its measured acceptance rate
     says close the gap; the other slots are drawn from the prior like the main shards."""
-    import math
-
     from tasks.prompts import Combination
+
+    wanted = _topup_wanted(targets, main, n)
+    rng = np.random.default_rng(seed)
+    sampler = PromptSamplerConfig(unspecified_rate=config.prompts.unspecified_rate, max_findings=config.prompts.max_findings)
+    out: list[Prompt] = []
+    for label, count in wanted.items():
+        with_label = tuple(c for c in prior.combinations if label in c.labels) or (Combination(labels=(label,), weight=1.0),)
+        conditional = prior.model_copy(update={"combinations": with_label})
+        out += sample_prompts(count, conditional, sampler, derive_seed(seed, "topup", label))
+    out += sample_prompts(n - len(out), prior, config.prompts, derive_seed(seed, "topup", "rest")) if n > len(out) else []
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def _topup_wanted(targets: dict[str, float], main: Any, n: int) -> dict[str, int]:
+    """Top-up prompts per finding the main shards left short, as many as its acceptance rate says close the gap."""
+    import math
 
     has = lambda frame, label: frame["findings"].map(lambda fs: any(f["label"] == label for f in fs))  # noqa: E731
     accepted = main[main["accepted"]]
@@ -326,15 +414,25 @@ def topup_prompts(prior: FindingPrior, config: BuildConfig, targets: dict[str, f
     total = sum(wanted.values())
     if total > n:  # more gaps than slots: each finding gets its share
         wanted = {label: math.floor(count * n / total) for label, count in wanted.items()}
-    rng = np.random.default_rng(seed)
-    sampler = PromptSamplerConfig(unspecified_rate=config.prompts.unspecified_rate, max_findings=config.prompts.max_findings)
-    out: list[Prompt] = []
+    return wanted
+
+
+def topup_reports(pool: list[tuple[str, Prompt]], targets: dict[str, float], main: Any, n: int,
+                  seed: int) -> tuple[list[Prompt], list[str]]:
+    """`topup_prompts` for prompts from reports: a finding left short gets reports that hold it (drawn at
+    random from the reports file, so its companions come along as the reports have them); the other slots
+    take reports drawn at random. Returns the prompts and their report texts."""
+    wanted = _topup_wanted(targets, main, n)
+    picks: list[int] = []
     for label, count in wanted.items():
-        with_label = tuple(c for c in prior.combinations if label in c.labels) or (Combination(labels=(label,), weight=1.0),)
-        conditional = prior.model_copy(update={"combinations": with_label})
-        out += sample_prompts(count, conditional, sampler, derive_seed(seed, "topup", label))
-    out += sample_prompts(n - len(out), prior, config.prompts, derive_seed(seed, "topup", "rest")) if n > len(out) else []
-    return [out[i] for i in rng.permutation(len(out))]
+        holding = [i for i, (_, prompt) in enumerate(pool) if any(f.label == label for f in prompt)]
+        if holding and count:
+            picks += np.random.default_rng(derive_seed(seed, "topup", label)).choice(holding, size=count).tolist()
+    rest = n - len(picks)
+    if rest > 0:
+        picks += np.random.default_rng(derive_seed(seed, "topup", "rest")).choice(len(pool), size=rest).tolist()
+    picks = [picks[i] for i in np.random.default_rng(seed).permutation(len(picks))][:n]
+    return [pool[i][1] for i in picks], [pool[i][0] for i in picks]
 
 
 def check_planned_anatomy(bank: DatasetVersion, plans: list[ShardPlan], quality: QualityConfig) -> None:
@@ -362,8 +460,9 @@ def bank_cardiothoracic_ratios(bank: DatasetVersion, indices: np.ndarray) -> np.
 def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion, bank: DatasetVersion) -> str:
     """Same settings, models and inputs -> same build id (resume); anything else -> a new build."""
     identity = {
-        "config": config.model_dump(mode="json", exclude={"root", "task_runner", "workers", "dask_address", "device",
-                                                          "gpu_concurrency_limit", "cpu_threads", "release"}),
+        "config": config.model_dump(mode="json", exclude={**dict.fromkeys(("root", "task_runner", "workers", "dask_address", "device",
+                                                          "gpu_concurrency_limit", "cpu_threads", "release"), True),
+                                                          "prompts": {"prior": True, "reports": True}}),
         "mask_model": models.mask_model_id,
         "image_model": models.image_model_id,
         "classifier": models.classifier.model_dump(mode="json", exclude={"device", "batch_size"}),
@@ -371,6 +470,7 @@ def build_id_of(config: BuildConfig, models: BuildModels, source: DatasetVersion
         "fidelity": models.fidelity.model_dump(mode="json", exclude={"device", "batch_size"}),
         "source": f"{source.name}/{source.version}",
         "bank": f"{bank.name}/{bank.version}",
+        **({"prompt_source": extra} if (extra := prompt_source_identity(config)) else {}),
     }
     return f"build-{config_hash(identity)[:16]}"
 
@@ -418,10 +518,8 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
                 bank.path, models.mask_model_id, models.image_model_id)
 
     # 2. Prompts, checked before any generation.
-    source_findings = source.to_pandas().query("split == 'train'")["findings"] if "split" in source.manifest.column_names else []
-    prior = estimate_prior([list(f) for f in source_findings])
-    prompts = sample_prompts(config.n_samples, prior, config.prompts, derive_seed(config.seed, "prompts"))
-    targets = label_targets(config, prior)
+    prompt_plan = plan_prompts(config, source)
+    prompts, prior, targets, source_reports = prompt_plan.prompts, prompt_plan.prior, prompt_plan.targets, prompt_plan.reports
     prompts_gate = prompt_gate(prompts, targets, config.quality)
     raise_on_failure([prompts_gate])
     reference = image_stats_reference_from_dataset(source, split="train")
@@ -443,16 +541,20 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
     n_topup = min(round(config.topup_share * staged.n_shards), staged.n_shards - 1)
     main_shards = list(range(staged.n_shards - n_topup))
     split = staged.shard_bounds(main_shards[-1])[1]
-    plans = plan_shards(config, prompts, bank, staged, [k for k in pending if k in main_shards], prior, (0, split))
+    plans = plan_shards(config, prompts, bank, staged, [k for k in pending if k in main_shards], prior, (0, split), source_reports)
     check_planned_anatomy(bank, plans, config.quality)
     reports = shard_stage(context, plans) if plans else []
     topup = [k for k in pending if k not in main_shards]
     if topup:
         main_rows = staged.read_manifest().to_pandas()
-        prompts[split:] = topup_prompts(prior, config, targets, main_rows.iloc[:split], len(prompts) - split,
-                                        derive_seed(config.seed, "topup"))
+        if prompt_plan.pool:
+            prompts[split:], source_reports[split:] = topup_reports(prompt_plan.pool, targets, main_rows.iloc[:split],
+                                                                    len(prompts) - split, derive_seed(config.seed, "topup"))
+        else:
+            prompts[split:] = topup_prompts(prior, config, targets, main_rows.iloc[:split], len(prompts) - split,
+                                            derive_seed(config.seed, "topup"))
         logger.info("top-up: %d samples for the findings the main shards left short", len(prompts) - split)
-        topup_plans = plan_shards(config, prompts, bank, staged, topup, prior, (split, len(prompts)))
+        topup_plans = plan_shards(config, prompts, bank, staged, topup, prior, (split, len(prompts)), source_reports)
         check_planned_anatomy(bank, topup_plans, config.quality)
         reports += shard_stage(context, topup_plans)
     seconds["shards"] = time.perf_counter() - tick
@@ -467,7 +569,8 @@ def _run_build(config: BuildConfig, shard_stage: ShardStage, logger: Any, source
         gates.append(coverage_gate(frequencies, config.quality))
     quotas = quota_report(manifest, config)
     lineage = _lineage(config, models, source, bank, build_id, targets, reports, quotas, started)
-    report_path = _write_quality(staged, gates, manifest, frequencies, reports, quotas, config, lineage)
+    lineage["inputs"]["prompts"] = prompt_plan.source
+    report_path = _write_quality(staged, gates, manifest, frequencies, reports, quotas, config, lineage, prior)
     if config.quotas.required and not quotas["met"]:
         gates.append(GateResult("quotas", False, [f"quota missed: {m}" for m in quotas["missed"]], {}, len(manifest)))
     try:
@@ -523,7 +626,7 @@ def _acceptance(manifest) -> dict[str, Any]:
     }
 
 
-def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, lineage) -> str:
+def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, lineage, prior=None) -> str:
     """GE results, a readable gate page, the build report: all inside the version before it is published.
     Finding frequencies count *accepted* samples (`accepted`: `tasks.quality.accepted_frequencies`)."""
     shard_gates = [{**g, "gate": f"{g['gate']} (shard {r.shard:05d})"} for r in reports for g in r.gates]
@@ -540,7 +643,9 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, l
     frequencies = [{"label": r["label"], "target": r["target"], "produced": r["accepted_share"], "accepted": r["accepted"],
                     "prompted": r["prompted"], "coverage": r["coverage"]} for r in accepted.to_dict(orient="records")]
     acceptance = _acceptance(manifest)
+    cooccurrence = _cooccurrence(prior, manifest, lineage["inputs"].get("prompts"))
     staged.write_file("quality/build.json", json.dumps({"frequencies": frequencies, "acceptance": acceptance, "quotas": quotas,
+                                                       "cooccurrence": cooccurrence,
                                                        "shards": [r.__dict__ for r in reports]}, indent=1, default=str))
     arrays = staged.arrays()
     show = np.flatnonzero(manifest["accepted"].to_numpy())[:16]
@@ -561,16 +666,28 @@ def _write_quality(staged, gates, manifest, accepted, reports, quotas, config, l
                  "image generator": lineage["models"]["image_generator"]["id"],
                  "samples": len(manifest), "accepted": acceptance["accepted"], "acceptance rate": acceptance["rate"],
                  "quotas met": quotas["met"], "gates": "gates.html; great-expectations Data Docs: data_docs/index.html (results: gates.json)",
-                 "evaluation": "evaluation.html, once `aurad evaluate` has run"},
+                 "evaluation": f"{config.dataset}/_evaluations/<this version>/index.html, once `aurad evaluate` has run "
+                 "(beside the version, never written into it)"},
         finding_samples=finding_samples_of(arrays["images"], arrays["masks"], manifest),
         frequencies=frequencies,
         acceptance=acceptance,
         gates=[{"gate": g.gate, "success": g.success, "failures": g.failures} for g in gates] + shard_gates,
+        cooccurrence=cooccurrence,
     )
     staged.write_file("quality/report.html", html)
     staged.write_file("README.md", dataset_card(config.dataset, staged.build_id, lineage, frequencies, acceptance,
                                                 int(arrays["images"].shape[-1]), config.quality.min_class_coverage))
     return "quality/report.html"
+
+
+def _cooccurrence(prior: FindingPrior | None, manifest, name: str | None = None) -> dict[str, Any] | None:
+    """The accepted samples' pairwise co-occurrence against the build's prior (`tasks.priors.compare_cooccurrence`)."""
+    accepted = manifest[manifest["accepted"]]
+    if prior is None or accepted.empty:
+        return None
+    from tasks.priors import compare_cooccurrence
+
+    return {**compare_cooccurrence(prior, [list(f) for f in accepted["findings"]]), "prior": name}
 
 
 def _lineage(config, models, source, bank, build_id, targets, reports, quotas, started) -> dict[str, Any]:

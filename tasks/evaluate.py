@@ -218,6 +218,16 @@ def quality_metrics(params: EvaluateParameters) -> dict[str, Any]:
                                                          steps=config.c2st_steps)
     if real_features is None:
         out["frechet"] = out["prdc"] = out["expert_agreement"] = {"skipped": "no pathology expert available (see the flow log)"}
+    build_file = synthetic.root.path(synthetic.name, synthetic.version, "quality", "build.json")
+    if synthetic.root.exists(build_file):  # the build's co-occurrence against its prompt prior, shown beside the rest
+        out["cooccurrence"] = json.loads(synthetic.root.read_bytes(build_file)).get("cooccurrence")
+    from tasks.grounding import location_document
+
+    real_test = real.select(accepted_only=False, split=params.test_split)[: config.max_images]
+    out["locations"] = location_document({
+        "synthetic (accepted)": (pathology, anatomy),
+        "real test split": (load_labelled(real, params.test_split, accepted_only=False, limit=config.max_images).masks,
+                            np.asarray(real.anatomy.oindex[real_test]))})
     return out
 
 

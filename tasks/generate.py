@@ -229,6 +229,7 @@ def _manifest_row(config: BuildConfig, plan: ShardPlan, i: int, slot: _Slot, ban
         "sample_id": f"{config.dataset}-{plan.start + i:07d}",
         "split": None,
         "prompt": render_prompt(final),
+        "source_report": plan.source_reports[i] if plan.source_reports else None,
         "findings": [f.as_record() for f in final],
         "seed": slot.seeds[-1],
         "attempt_seeds": list(slot.seeds),

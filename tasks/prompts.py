@@ -20,12 +20,21 @@ conditional structure but their marginal moves with the labels they co-occur wit
 source never shows adds that label alone as a combination (with uniform attributes unless the prior has
 some). Targets that cannot be met together (e.g. two labels that never co-occur, both at 0.8) raise
 `PromptSamplerError`.
+
+**Where the prior comes from** (`PromptSamplerConfig.prior`): `source` (the default) estimates it from the
+source dataset's manifest; `nih`, `chexpert`, `padchest` learn it from the real label tables shipped with
+torchxrayvision, and a path reads a JSON prior or a label CSV (`tasks.priors`, which also measures how well a
+set of samples keeps a prior's co-occurrence: `cooccurrence_lift`, `compare_cooccurrence`).
+
+**Prompts from real reports** (`PromptSamplerConfig.reports`): a build reads each report into findings
+(`aurad_models.findings.findings_from_report`) and prompts with those; see `read_reports`, `report_slots`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +46,14 @@ from aurad_models.vocabulary import LATERAL_FINDINGS, PATHOLOGIES, SIDES, SIZES,
 logger = logging.getLogger(__name__)
 
 Prompt = tuple[Finding, ...]
+
+# `PromptSamplerConfig.prior`: these names, or a path to a JSON prior / label CSV (these endings).
+PRIOR_NAMES: tuple[str, ...] = ("source", "nih", "chexpert", "padchest")
+PRIOR_FILE_SUFFIXES: tuple[str, ...] = (".json", ".csv", ".csv.gz")
+# `PromptSamplerConfig.reports` CSV: the report text is the first of these columns present (case-insensitive);
+# without one, the "findings" and "impression" columns joined (sectioned reports); else an error.
+REPORT_COLUMNS: tuple[str, ...] = ("report", "report_text", "text")
+REPORT_SECTION_COLUMNS: tuple[str, ...] = ("findings", "impression")
 
 
 class PromptSamplerError(ValueError):
@@ -113,6 +130,36 @@ class PromptSamplerConfig(BaseModel):
     max_findings: int | None = Field(None, ge=0, description="drop combinations with more findings than this")
     unspecified_rate: float = Field(0.0, ge=0, le=1, description="chance each attribute is left unspecified")
     tolerance: float = Field(1e-4, gt=0, description="how closely the tilted joint must meet the targets")
+    prior: str = Field(
+        "source", description="where the co-occurrence prior comes from: 'source' (estimated from the source dataset's "
+        "manifest), 'nih', 'chexpert' or 'padchest' (the real label tables torchxrayvision ships, `tasks.priors`), or a "
+        "path to a JSON prior (FindingPrior) or a label CSV in one of those three layouts")
+    reports: str | None = Field(
+        None, description="a file of real radiology reports to take the prompts from instead of sampling: a CSV with a "
+        "'report', 'report_text' or 'text' column (else 'findings' + 'impression'), or a text file with one report per "
+        "line. Each report is read with findings_from_report; one with no finding is a normal prompt. Reports are used "
+        "in a seeded random order, cycled when n_samples exceeds them; frequency targets do not apply (the reports are "
+        "the distribution)")
+
+    @field_validator("prior")
+    @classmethod
+    def _check_prior(cls, prior: str) -> str:
+        if prior in PRIOR_NAMES or prior.lower().endswith(PRIOR_FILE_SUFFIXES):
+            return prior
+        raise ValueError(f"unknown prior {prior!r}; use one of {', '.join(PRIOR_NAMES)}, or a path to a JSON prior or a "
+                         f"label CSV ({', '.join(PRIOR_FILE_SUFFIXES)})")
+
+    @model_validator(mode="after")
+    def _reports_alone(self) -> "PromptSamplerConfig":
+        if self.reports is not None:
+            clashing = [name for name, value in (("label_targets", self.label_targets), ("normal_fraction", self.normal_fraction),
+                                                 ("max_findings", self.max_findings)) if value not in (None, {})]
+            if self.prior != "source":
+                clashing.append("prior")
+            if clashing:
+                raise ValueError(f"prompts taken from reports ({self.reports}) follow the reports, so {', '.join(clashing)} "
+                                 "cannot apply; remove them or `reports`")
+        return self
 
     @field_validator("label_targets")
     @classmethod
@@ -243,3 +290,66 @@ def redraw_attributes(prompt: Prompt, prior: FindingPrior, config: PromptSampler
             values = {k: (None if rng.random() < config.unspecified_rate else v) for k, v in values.items()}
         findings.append(Finding(label=finding.label, **values))
     return tuple(findings)
+
+
+def redraw_unstated(prompt: Prompt, seed: int) -> Prompt:
+    """The same findings with the attributes left unspecified (None) drawn uniformly from those the label can
+    carry; stated attributes stay. What a build with prompts from reports tries when a prompt keeps being
+    rejected: the report's own words (a left effusion) stay true of the sample."""
+    rng = np.random.default_rng(seed)
+    findings = []
+    for finding in prompt:
+        values = {}
+        for key, allowed, carries in (("side", SIDES, finding.label in LATERAL_FINDINGS),
+                                      ("zone", ZONES, finding.label in ZONED_FINDINGS), ("size", SIZES, True)):
+            value = getattr(finding, key)
+            values[key] = value if value is not None or not carries else allowed[rng.integers(len(allowed))]
+        findings.append(Finding(label=finding.label, **values))
+    return tuple(findings)
+
+
+# --- prompts from real reports -------------------------------------------------------------------
+
+
+def reports_file(path: str | Path) -> Path:
+    """The reports file at `path`; a missing one is an error saying where it looked."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise PromptSamplerError(f"reports file not found: looked at {file.resolve()}"
+                                 + ("" if file.is_absolute() else f" (relative to the working directory {Path.cwd()})"))
+    return file
+
+
+def read_reports(path: str | Path) -> list[str]:
+    """The report texts of a reports file (see `PromptSamplerConfig.reports`), in file order, blank ones
+    dropped. A CSV (.csv, .csv.gz) needs a column of `REPORT_COLUMNS` or `REPORT_SECTION_COLUMNS`; any
+    other file is plain text, one report per line."""
+    file = reports_file(path)
+    if file.name.lower().endswith((".csv", ".csv.gz")):
+        import pandas as pd
+
+        table = pd.read_csv(file, dtype=str, keep_default_na=False)
+        columns = {c.strip().lower(): c for c in table.columns}
+        column = next((columns[c] for c in REPORT_COLUMNS if c in columns), None)
+        if column is not None:
+            texts = table[column].tolist()
+        elif any(c in columns for c in REPORT_SECTION_COLUMNS):
+            sections = [table[columns[c]] for c in REPORT_SECTION_COLUMNS if c in columns]
+            texts = [" ".join(part.strip() for part in parts if part.strip()) for parts in zip(*sections)]
+        else:
+            raise PromptSamplerError(f"reports CSV {file} has no report column: expected one of "
+                                     f"{', '.join(REPORT_COLUMNS + REPORT_SECTION_COLUMNS)}, found {', '.join(table.columns)}")
+    else:
+        texts = file.read_text(encoding="utf-8", errors="replace").splitlines()
+    reports = [t.strip() for t in texts if t and t.strip()]
+    if not reports:
+        raise PromptSamplerError(f"reports file {file} holds no report")
+    return reports
+
+
+def report_slots(n_reports: int, n: int, seed: int) -> list[int]:
+    """Which report each of `n` slots takes: a seeded permutation of the reports, cycled (every report is used
+    once before any is used twice; fewer slots than reports take a random subset)."""
+    rng = np.random.default_rng(seed)
+    rounds = -(-n // n_reports)
+    return np.concatenate([rng.permutation(n_reports) for _ in range(rounds)])[:n].tolist()

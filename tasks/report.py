@@ -590,6 +590,7 @@ def render_version_report(
     metrics: Mapping[str, Any] | None = None,
     evaluations: Sequence[Mapping[str, Any]] = (),
     finding_samples: Mapping[str, Mapping[str, Any]] | None = None,
+    cooccurrence: Mapping[str, Any] | None = None,
 ) -> str:
     """The page of one dataset version: samples with masks, finding frequencies, acceptance, data-quality
     gates, quality metrics and (if given) downstream results. Sections without input are left out.
@@ -610,6 +611,9 @@ def render_version_report(
         body.append(sample_grid_section(images, pathology, anatomy, captions, finding_samples=finding_samples))
     if frequencies:
         body.append(frequency_section(frequencies))
+    if cooccurrence:  # `tasks.priors.compare_cooccurrence` of the accepted samples against the prompt prior
+        from tasks.priors import cooccurrence_section
+        body.append(cooccurrence_section(cooccurrence))
     if acceptance:
         body.append(acceptance_section(acceptance))
     if gates:
@@ -648,4 +652,12 @@ def render_evaluation_report(
         body.append(downstream_section(detection))
     if metrics:
         body.append(metrics_section(metrics))
+    if metrics and metrics.get("cooccurrence"):  # the build's pairwise lift against its prompt prior (tasks.priors)
+        from tasks.priors import cooccurrence_section
+
+        body.append(cooccurrence_section(metrics["cooccurrence"]))
+    if metrics and metrics.get("locations"):  # where the findings lie, against real annotations (tasks.grounding)
+        from tasks.grounding import location_section
+
+        body.append(location_section(metrics["locations"]))
     return _page(title, body)

@@ -377,22 +377,50 @@ def test_two_identical_builds_at_once_both_end_with_the_same_published_version(r
     assert any("running in another process" in err for _, err in outputs)  # one of them waited
 
 
-def test_the_readme_reader_snippet_runs_on_a_published_version_without_this_package(published):
-    """README's "Reading a dataset without this package" block, run as written (pyarrow, zarr, dask and the
-    LATEST pointer only) against a real published version: the docs match the files."""
+_HIDE_THIS_PROJECT = """
+import sys
+class _Hidden:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"aurad_models", "storage", "tasks", "flows", "bench"}:
+            raise ImportError(f"{name} is hidden: the README's reader snippet must not need this project")
+sys.meta_path.insert(0, _Hidden())
+"""
+
+
+def test_the_readme_reader_snippets_run_on_a_published_version_without_this_package(published, tmp_path):
+    """README's "Reading a dataset without this package" blocks, run as written in a separate, isolated
+    interpreter (`python -I`) in which this project's packages cannot be imported: pyarrow, zarr 3, pandas,
+    dask, then polars and DuckDB, and the LATEST pointer only, against a real published version."""
     import re
+    import subprocess
+    import sys
     from pathlib import Path
 
     root, result = published
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("### Reading a dataset without this package", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert 'dataset = "aurad-data/synthetic"' in code
-    code = code.replace('dataset = "aurad-data/synthetic"', f'dataset = "{root / result.dataset}"')
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own README
-    assert namespace["version"].endswith(result.version)
-    assert namespace["first"][1].shape[0] == len(PATHOLOGIES)
+    section = readme.split("### Reading a dataset without this package", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2 and 'dataset = "aurad-data/synthetic"' in blocks[0]
+    code = "\n".join(blocks).replace('dataset = "aurad-data/synthetic"', f'dataset = {str(root / result.dataset)!r}')
+    checks = """
+import json
+print("RESULT", json.dumps({"version": version, "first_masks": first[1].shape[0], "blocks": lazy.numblocks[0],
+      "accepted_rows": accepted_rows.height, "per_finding": dict(per_finding), "indexed": [i for i, _ in indexed],
+      "ids": [s for _, s in indexed], "polars_ids": manifest["sample_id"].to_list(), "polars_index": manifest["array_index"].to_list()}))
+"""
+    done = subprocess.run([sys.executable, "-I", "-c", _HIDE_THIS_PROJECT + code + checks], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.split("RESULT ", 1)[1])
+    ds = open_dataset(root, result.dataset, result.version)
+    frame = ds.to_pandas()
+    assert out["version"].endswith(result.version) and out["first_masks"] == len(PATHOLOGIES)
+    assert out["blocks"] == -(-len(ds) // ds.images.shards[0]) > 1  # one dask task per pipeline shard
+    assert out["accepted_rows"] == int(frame["accepted"].sum())
+    held = frame[frame["accepted"]]["findings"].map(lambda fs: {f["label"] for f in fs})
+    assert out["per_finding"] == {label: int(held.map(lambda s: label in s).sum()) for label in PATHOLOGIES if held.map(lambda s: label in s).any()}
+    assert out["indexed"] == list(range(len(ds))) and out["ids"] == frame["sample_id"].tolist()  # row i <-> array index i
+    assert out["polars_ids"] == frame["sample_id"].tolist() and out["polars_index"] == list(range(len(ds)))  # polars too
 
 
 def test_an_anatomy_gate_failure_stops_the_build_at_planning_naming_the_shard_and_the_setting(root, monkeypatch):
@@ -443,3 +471,44 @@ def test_every_version_has_a_dataset_card_with_metadata_features_and_measured_li
 
     assert all(f"| `{name}` |" in body for name in MANIFEST_SCHEMA.names)  # every column, with its meaning
     assert "## Known limitations, measured on this version" in body and f"{result.n_samples} samples" in body
+
+
+def test_a_build_from_reports_prompts_with_them_and_records_each_samples_report(root, tmp_path):
+    """`build.prompts.reports`: every slot's prompt is its report's findings (a normal report a normal prompt),
+    the report text (identifiers scrubbed) is in the manifest's `source_report`, and the report page compares
+    the accepted samples' co-occurrence with the reports'. Every report here is written for this test."""
+    import csv
+
+    from aurad_models.findings import findings_from_report, render_prompt
+    from flows.build import build_flow
+    from storage.sources.records import scrub_identifiers
+    from tasks.prompts import PromptSamplerConfig
+    from test_report import Page
+
+    reports = [
+        "FINDINGS: Moderate cardiomegaly. Small left pleural effusion.\nIMPRESSION: Cardiomegaly and left effusion.",
+        "The lungs are clear. No pleural effusion or pneumothorax. Heart size normal.",
+        "Right upper lobe nodule measuring 8 mm, unchanged. MRN: 12345678.",
+        "Left lower lobe consolidation. No pneumothorax.",
+        "No acute cardiopulmonary process.",
+        "Bibasilar atelectasis. Mildly enlarged cardiac silhouette.",
+    ]
+    path = tmp_path / "reports.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "Report"])
+        writer.writerows(enumerate(reports))
+    result = build_flow(tiny_build_config(root, prompts=PromptSamplerConfig(reports=str(path))))
+    version = open_dataset(root, result.dataset, result.version)
+    manifest = version.to_pandas()
+    assert manifest["source_report"].notna().all()
+    assert not manifest["source_report"].str.contains("12345678").any()  # scrubbed before it is written
+    assert set(manifest["source_report"]) <= {scrub_identifiers(text) for text in reports}
+    for row in manifest.itertuples():
+        first = findings_from_report(row.source_report)
+        assert dict(row.metadata)["first_prompt"] == render_prompt(first)  # the report's findings are the prompt
+        assert sorted(f["label"] for f in row.findings) == sorted(f.label for f in first)  # redraws keep the findings
+    assert version.lineage["inputs"]["prompts"].startswith(f"reports {path}")
+    folder = root / result.dataset / result.version / "quality"
+    assert json.loads((folder / "build.json").read_text())["cooccurrence"]["n_samples"] == int(manifest["accepted"].sum())
+    assert "Co-occurrence" in Page((folder / "report.html").read_text()).headings

@@ -194,3 +194,21 @@ def test_version_report_from_a_stored_version(tmp_path):
     summary = {cells[0]: cells[1] for _, cells in page.tables["summary-table"][1:]}
     assert summary["dataset"] == "synthetic" and summary["n_samples"] == "10" and summary["accepted"] == "9"
     assert "Samples" in page.headings and page.png_images()[0].startswith(PNG_MAGIC)
+
+
+def test_evaluation_report_shows_the_cooccurrence_and_location_tables_the_metrics_hold():
+    from aurad_models.findings import Finding
+    from tasks.priors import compare_cooccurrence
+    from tasks.prompts import prior_from_weights
+
+    prior = prior_from_weights({"cardiomegaly+effusion": 0.3, "cardiomegaly": 0.2, "effusion": 0.2, "": 0.3})
+    accepted = [[Finding(label="cardiomegaly"), Finding(label="effusion")]] * 20 + [[Finding(label="effusion")]] * 30 + [[]] * 50
+    locations = {"distance": "energy distance", "real": "NIH boxes", "rows": [
+        {"dataset": "synthetic (accepted)", "finding": "nodule", "reference": "nih", "n_real": 79, "n_ours": 12, "distance": 0.25,
+         "real_x": 0.5, "ours_x": 0.4, "real_y": 0.45, "ours_y": 0.5, "real_area_share": 0.01, "ours_area_share": 0.02}]}
+    metrics = {"cooccurrence": {**compare_cooccurrence(prior, accepted), "prior": "nih"}, "locations": locations}
+    page = Page(render_evaluation_report(evaluation_document(), metrics=metrics))
+    assert "Co-occurrence" in page.headings and "Finding locations against real annotations" in page.headings
+    assert [cells[:3] for cls, cells in page.tables["locations-table"][1:]] == [["synthetic (accepted)", "nodule", "nih"]]
+    without = Page(render_evaluation_report(evaluation_document(), metrics={}))
+    assert "Co-occurrence" not in without.headings and "locations-table" not in without.tables

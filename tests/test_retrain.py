@@ -336,8 +336,11 @@ def test_evaluate_flow_writes_the_documents_and_the_report(stored_root, tmp_path
     assert "skipped" in quality["frechet"] and "skipped" in quality["fid"]
     assert quality["diversity"]["prompts"] >= 1 and quality["mask_anatomy"]["all"]["mean_inside"] > 0.9
     assert 0 <= quality["c2st"]["accuracy"] <= 1 and quality["c2st"]["n_per_set"] == 20
+    locations = quality["locations"]["rows"]  # both datasets' findings against the real annotations
+    assert {r["dataset"] for r in locations} == {"synthetic (accepted)", "real test split"}
     page = Page((out / "evaluation.html").read_text())
     assert "downstream-segmentation" in page.tables and "downstream-detection" in page.tables
+    assert "locations-table" in page.tables
     assert len(page.png_images()) == 4
 
     # the same settings and versions again: reused, nothing retrained or rewritten; rerun=True makes it again

@@ -32,18 +32,24 @@ Pathologies: nodule, mass, consolidation (with air bronchograms), effusion (meni
 costophrenic angle, hidden hemidiaphragm), pneumothorax (rim without lung markings, visceral pleural
 line), cardiomegaly (CTR > 0.55; its mask is the heart), atelectasis (plate-like bands, or a wedge with
 volume loss).
+
+Placement and size tables can be replaced, opt-in, by a `PhantomCalibration` passed to `generate_phantoms`
+(`CALIBRATED`: moved towards real annotations, `tasks/grounding.py`); the default phantom does not change.
 """
 
+from aurad_models.phantom.calibration import CALIBRATED, PhantomCalibration
 from aurad_models.phantom.config import ImagingVariation, PatientVariation, PhantomConfig
 from aurad_models.phantom.contact_sheet import write_contact_sheet
 from aurad_models.phantom.generate import Phantom, PhantomBatch, generate_phantom, generate_phantoms
 from aurad_models.phantom.sampling import complete_finding, sample_findings
 
 __all__ = [
+    "CALIBRATED",
     "ImagingVariation",
     "PatientVariation",
     "Phantom",
     "PhantomBatch",
+    "PhantomCalibration",
     "PhantomConfig",
     "complete_finding",
     "generate_phantom",

@@ -14,6 +14,7 @@ import numpy as np
 
 from aurad_models.findings import Finding, render_prompt
 from aurad_models.phantom.anatomy import build_anatomy, make_grid, silhouette
+from aurad_models.phantom.calibration import PhantomCalibration
 from aurad_models.phantom.config import PhantomConfig
 from aurad_models.phantom.pathology import adjust_patient, draw_findings
 from aurad_models.phantom.patient import sample_patient
@@ -48,26 +49,29 @@ class Phantom:
     findings: tuple[Finding, ...]
 
 
-def generate_phantom(seed: int, config: PhantomConfig, findings: Sequence[Finding] | None = None) -> Phantom:
-    """One phantom from its seed. `findings=None` samples them from the config's prior."""
+def generate_phantom(seed: int, config: PhantomConfig, findings: Sequence[Finding] | None = None,
+                     calibration: PhantomCalibration | None = None) -> Phantom:
+    """One phantom from its seed. `findings=None` samples them from the config's prior. `calibration`
+    (opt-in, `aurad_models.phantom.calibration`) replaces the findings' placement and size tables; None
+    draws the default phantom."""
     streams = np.random.default_rng(seed).spawn(4)
     patient_rng, finding_rng, lesion_rng, noise_rng = streams
     # 1. The patient, independent of the findings.
     patient = sample_patient(patient_rng, config.patient, config.imaging)
     # 2. The findings: sampled, or requested and completed.
     if findings is None:
-        drawn = sample_findings(finding_rng, config)
+        drawn = sample_findings(finding_rng, config, calibration)
     else:
-        drawn = tuple(complete_finding(lesion_rng, f, config) for f in findings)
+        drawn = tuple(complete_finding(lesion_rng, f, config, calibration) for f in findings)
     # 3. Anatomy, adjusted by the findings that change it.
-    patient = adjust_patient(patient, drawn, lesion_rng)
+    patient = adjust_patient(patient, drawn, lesion_rng, calibration)
     grid = make_grid(config.size, patient)
     sil = silhouette(patient)
     anatomy = build_anatomy(patient, grid, sil)
     vessels = splat_segments(grid, vessel_segments(patient, sil, np.random.default_rng(patient.vessel_seed)))
     # 4. Findings on the anatomy, then the radiograph.
     bronchograms = config.air_bronchogram_probability
-    pathology, lesions = draw_findings(patient, grid, sil, anatomy, drawn, lesion_rng, bronchograms)
+    pathology, lesions = draw_findings(patient, grid, sil, anatomy, drawn, lesion_rng, bronchograms, calibration)
     a = attenuation(patient, anatomy, vessels, lesions)
     d = expose(patient, a, grid, noise_rng, config.imaging.noise_scale)
     image = display(patient, d, grid)
@@ -75,13 +79,14 @@ def generate_phantom(seed: int, config: PhantomConfig, findings: Sequence[Findin
 
 
 def generate_phantoms(
-    seeds: Sequence[int], config: PhantomConfig, findings: Sequence[tuple[Finding, ...]] | None = None
+    seeds: Sequence[int], config: PhantomConfig, findings: Sequence[tuple[Finding, ...]] | None = None,
+    calibration: PhantomCalibration | None = None,
 ) -> PhantomBatch:
     """Phantoms for the given seeds at `config.size`.
 
     `findings=None`: each image's findings are sampled from `config.prevalence`. Otherwise one tuple
     per seed (empty for a normal image); unspecified side / zone / size are filled at random, and the
-    returned `findings` are the fully specified ones.
+    returned `findings` are the fully specified ones. `calibration`: see `generate_phantom`.
     """
     seeds = [int(s) for s in seeds]
     if findings is not None and len(findings) != len(seeds):
@@ -92,7 +97,7 @@ def generate_phantoms(
     pathology = np.empty((n, len(PATHOLOGIES), size, size), dtype=np.uint8)
     drawn: list[tuple[Finding, ...]] = []
     for i, seed in enumerate(seeds):
-        one = generate_phantom(seed, config, None if findings is None else tuple(findings[i]))
+        one = generate_phantom(seed, config, None if findings is None else tuple(findings[i]), calibration)
         images[i], anatomy[i], pathology[i] = one.image, one.anatomy, one.pathology
         drawn.append(one.findings)
     return PhantomBatch(

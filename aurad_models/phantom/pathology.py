@@ -53,11 +53,13 @@ def sides_of(finding: Finding) -> tuple[str, ...]:
     return ("right", "left") if finding.side == "bilateral" else (finding.side,)
 
 
-def adjust_patient(p: Patient, findings: tuple[Finding, ...], rng: np.random.Generator) -> Patient:
-    """Anatomy changes a finding brings: a wider heart, a raised hemidiaphragm."""
+def adjust_patient(p: Patient, findings: tuple[Finding, ...], rng: np.random.Generator, calibration=None) -> Patient:
+    """Anatomy changes a finding brings: a wider heart, a raised hemidiaphragm. `calibration`: an opt-in
+    `PhantomCalibration` whose tables replace this module's (None: the default phantom)."""
+    ctr = _CTR if calibration is None else calibration.ctr
     for f in findings:
         if f.label == "cardiomegaly":
-            p = with_cardiomegaly(p, float(rng.uniform(*_CTR[f.size])))
+            p = with_cardiomegaly(p, float(rng.uniform(*ctr[f.size])))
         elif f.label == "atelectasis" and _VOLUME_LOSS[f.size] > 0:
             for side in sides_of(f):
                 p = with_volume_loss(p, side, _VOLUME_LOSS[f.size] * float(rng.uniform(0.7, 1.3)))
@@ -75,6 +77,11 @@ class _Scene:
     stack: np.ndarray  # (14, S, S) anatomy masks for anatomy_rules
     rng: np.random.Generator
     air_bronchogram_probability: float = 0.5
+    calibration: object = None  # an opt-in PhantomCalibration; None draws with this module's tables
+
+    def table(self, name: str, default):
+        """One of the size / placement tables: the calibration's where one is given, else the module's."""
+        return default if self.calibration is None else getattr(self.calibration, name)
 
 
 def draw_findings(
@@ -85,12 +92,14 @@ def draw_findings(
     findings: tuple[Finding, ...],
     rng: np.random.Generator,
     air_bronchogram_probability: float,
+    calibration=None,
 ) -> tuple[np.ndarray, LesionFields]:
-    """Masks (C, S, S) and the tissue changes of all findings, each drawn by its entry in `DRAWERS`."""
+    """Masks (C, S, S) and the tissue changes of all findings, each drawn by its entry in `DRAWERS`
+    (`calibration`: see `adjust_patient`)."""
     size = grid.size
     masks = np.zeros((len(PATHOLOGIES), size, size), dtype=bool)
     fields = LesionFields.empty(size)
-    scene = _Scene(p, grid, sil, anatomy, anatomy.masks, rng, air_bronchogram_probability)
+    scene = _Scene(p, grid, sil, anatomy, anatomy.masks, rng, air_bronchogram_probability, calibration)
     for f in findings:
         if f.label not in DRAWERS:
             raise KeyError(f"the phantom cannot draw {f.label!r}: add its drawing to aurad_models.phantom.pathology.DRAWERS")
@@ -110,13 +119,15 @@ def _image_zone_fraction(scene: _Scene, side: str, x: float, y: float) -> float:
     return float((rows[2] - rows[0]) / max(rows[1] - rows[0], 1e-6))
 
 
-def _place(scene: _Scene, side: str, zone: str, radius: float, keep_inside: float) -> tuple[float, float]:
+def _place(scene: _Scene, side: str, zone: str, radius: float, keep_inside: float, label: str | None = None) -> tuple[float, float]:
     """A centre in the zone of one lung with a ring of `keep_inside * radius` inside the lung field.
 
     Random tries with a shrinking ring first; when the zone is a thin sliver (a huge heart, a raised
-    dome), any point of the zone's lung field on a fine lattice.
+    dome), any point of the zone's lung field on a fine lattice. A calibration's `lateral` range for
+    `label` bounds how far from the midline the centre may lie.
     """
     p, s, rng = scene.p, scene.p.side(side), scene.rng
+    lateral = scene.table("lateral", {}).get(label)
     z = ZONES.index(zone)
     ring = np.linspace(0.0, 2 * np.pi, 12, endpoint=False)
     margin = 0.07
@@ -124,7 +135,10 @@ def _place(scene: _Scene, side: str, zone: str, radius: float, keep_inside: floa
         relax = 0.5 ** (attempt // 100)
         t = rng.uniform(z / 3 + margin, (z + 1) / 3 - margin)
         y = s.top + t * s.height
-        x = p.x_mid + s.sgn * rng.uniform(0.02, s.width)
+        if lateral is None:
+            x = p.x_mid + s.sgn * rng.uniform(0.02, s.width)
+        else:
+            x = p.x_mid + s.sgn * rng.uniform(lateral[0] * s.width, lateral[1] * s.width)
         if not margin <= _image_zone_fraction(scene, side, x, y) - z / 3 <= 1 / 3 - margin:
             continue
         r = keep_inside * radius * relax
@@ -208,12 +222,14 @@ def _lesion_params(scene: _Scene, f: Finding, bronchogram_probability: float) ->
     """Size parameters shared by both sides of a bilateral finding."""
     rng = scene.rng
     if f.label == "nodule":
-        return {"radius": rng.uniform(*_NODULE_RADIUS[f.size]), "lobes": 0.06, "density": rng.uniform(0.8, 1.0)}
+        radius = scene.table("nodule_radius", _NODULE_RADIUS)[f.size]
+        return {"radius": rng.uniform(*radius), "lobes": 0.06, "density": rng.uniform(0.8, 1.0)}
     if f.label == "mass":
-        return {"radius": rng.uniform(*_MASS_RADIUS[f.size]), "lobes": 0.14, "density": rng.uniform(0.85, 1.0)}
+        radius = scene.table("mass_radius", _MASS_RADIUS)[f.size]
+        return {"radius": rng.uniform(*radius), "lobes": 0.14, "density": rng.uniform(0.85, 1.0)}
     if f.label == "consolidation":
         return {
-            "extent": rng.uniform(*_CONSOLIDATION_EXTENT[f.size]),
+            "extent": rng.uniform(*scene.table("consolidation_extent", _CONSOLIDATION_EXTENT)[f.size]),
             "opacity": rng.uniform(0.4, 0.75),
             "bronchograms": rng.uniform() < bronchogram_probability,
         }
@@ -224,7 +240,7 @@ def _round_lesion(scene: _Scene, side: str, f: Finding, params: dict) -> tuple[n
     """A lobulated sphere of soft tissue: mask and replaced air (cm)."""
     grid, rng = scene.grid, scene.rng
     radius = max(params["radius"], 0.8 * grid.px)
-    cx, cy = _place(scene, side, f.zone, radius, 1.0 if f.label == "nodule" else 0.6)
+    cx, cy = _place(scene, side, f.zone, radius, 1.0 if f.label == "nodule" else 0.6, f.label)
     harmonics = [(k, rng.uniform(0, params["lobes"]), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4, 5)]
     box = grid.box(cx - 1.5 * radius, cx + 1.5 * radius, cy - 1.5 * radius, cy + 1.5 * radius)
     x, y = grid.at(box)
@@ -243,7 +259,7 @@ def _consolidation(scene: _Scene, side: str, f: Finding, params: dict) -> tuple[
     """Patchy airspace opacity: overlapping blobs broken up by noise, optionally air bronchograms."""
     grid, rng = scene.grid, scene.rng
     extent = params["extent"]
-    cx, cy = _place(scene, side, f.zone, extent, 0.5)
+    cx, cy = _place(scene, side, f.zone, extent, 0.5, f.label)
     n = int(rng.integers(3, 6))
     bx = cx + rng.normal(0.0, 0.45 * extent, n)
     by = cy + rng.normal(0.0, 0.25 * extent, n)
@@ -308,10 +324,14 @@ def _atelectasis(scene: _Scene, side: str, f: Finding, params: dict) -> tuple[np
         mask[box] = inner > 0
         replaced[box] = rng.uniform(0.5, 0.7) * lung_air * smoothstep(0.0, 0.03, inner) ** 0.7
         return mask, replaced
-    length = rng.uniform(0.07, 0.12) if kind == "plate" else rng.uniform(0.1, 0.16)
-    half_thickness = rng.uniform(0.005, 0.008) if kind == "plate" else rng.uniform(0.01, 0.015)
+    if scene.calibration is None:
+        length = rng.uniform(0.07, 0.12) if kind == "plate" else rng.uniform(0.1, 0.16)
+        half_thickness = rng.uniform(0.005, 0.008) if kind == "plate" else rng.uniform(0.01, 0.015)
+    else:
+        length = rng.uniform(*scene.calibration.atelectasis_length[kind])
+        half_thickness = rng.uniform(*scene.calibration.atelectasis_half_thickness[kind])
     half_thickness = max(half_thickness, 0.7 * grid.px)
-    cx, cy = _place(scene, side, f.zone, 0.5 * length, 0.5)
+    cx, cy = _place(scene, side, f.zone, 0.5 * length, 0.5, f.label)
     bands = [(cx, cy)]
     if kind == "plate" and rng.uniform() < 0.5:  # often a second, parallel plate just below
         bands.append((cx + s.sgn * 0.02, cy + rng.uniform(0.025, 0.04)))
@@ -385,8 +405,8 @@ def _effusion(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
     (a heart sitting on the left base leaves less room there).
     """
     grid, rng = scene.grid, scene.rng
-    level = rng.uniform(*_EFFUSION_LEVEL[f.size])
-    rise = rng.uniform(0.18, 0.3)
+    level = rng.uniform(*scene.table("effusion_level", _EFFUSION_LEVEL)[f.size])
+    rise = rng.uniform(*scene.table("effusion_rise", (0.18, 0.3)))
     sides = sides_of(f)
     levels = {side: level + rng.uniform(-0.02, 0.02) for side in sides}
     drawn = {}
@@ -438,8 +458,8 @@ def _pneumothorax(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray
     darker, bounded by the thin visceral pleural line."""
     grid, p, rng = scene.grid, scene.p, scene.rng
     size = grid.size
-    depth0 = rng.uniform(*_PNEUMOTHORAX_DEPTH[f.size])
-    taper = _PNEUMOTHORAX_TAPER[f.size]
+    depth0 = rng.uniform(*scene.table("pneumothorax_depth", _PNEUMOTHORAX_DEPTH)[f.size])
+    taper = scene.table("pneumothorax_taper", _PNEUMOTHORAX_TAPER)[f.size]
     mask = np.zeros((size, size), dtype=bool)
     for side in sides_of(f):
         s = p.side(side)

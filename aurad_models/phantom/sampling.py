@@ -32,8 +32,9 @@ _SIZE_WEIGHTS = {
 _DEFAULT_SIZE_WEIGHTS = (0.4, 0.35, 0.25)
 
 
-def sample_findings(rng: np.random.Generator, config: PhantomConfig) -> tuple[Finding, ...]:
-    """Draw the findings of one image from the configured prior; fully specified, in PATHOLOGIES order."""
+def sample_findings(rng: np.random.Generator, config: PhantomConfig, calibration=None) -> tuple[Finding, ...]:
+    """Draw the findings of one image from the configured prior; fully specified, in PATHOLOGIES order.
+    `calibration` (a `PhantomCalibration`, opt-in) replaces the zone and size priors."""
     present: list[str] = []
     for label in (*_SAMPLING_ORDER, *(label for label in PATHOLOGIES if label not in _SAMPLING_ORDER)):
         p = config.prevalence.get(label, 0.0)
@@ -50,12 +51,16 @@ def sample_findings(rng: np.random.Generator, config: PhantomConfig) -> tuple[Fi
         if u < odds / (1.0 + odds):
             present.append(label)
     labels = sorted(present, key=PATHOLOGIES.index)
-    return tuple(complete_finding(rng, Finding(label=label), config) for label in labels)
+    return tuple(complete_finding(rng, Finding(label=label), config, calibration) for label in labels)
 
 
-def complete_finding(rng: np.random.Generator, finding: Finding, config: PhantomConfig) -> Finding:
-    """Fill unspecified side / zone / size at random; specified attributes are kept."""
+def complete_finding(rng: np.random.Generator, finding: Finding, config: PhantomConfig, calibration=None) -> Finding:
+    """Fill unspecified side / zone / size at random; specified attributes are kept. `calibration` (a
+    `PhantomCalibration`, opt-in) replaces the zone and size priors; None keeps the default ones."""
     label = finding.label
+    zone_weights = _ZONE_WEIGHTS if calibration is None else calibration.zone_weights
+    size_weights = _SIZE_WEIGHTS if calibration is None else calibration.size_weights
+    default_size_weights = _DEFAULT_SIZE_WEIGHTS if calibration is None else calibration.default_size_weights
     side, zone, size = finding.side, finding.zone, finding.size
     if label in LATERAL_FINDINGS and side is None:
         if rng.uniform() < config.bilateral.get(label, 0.0):
@@ -63,7 +68,7 @@ def complete_finding(rng: np.random.Generator, finding: Finding, config: Phantom
         else:
             side = "right" if rng.uniform() < 0.5 else "left"
     if label in ZONED_FINDINGS and zone is None:
-        zone = ZONES[int(rng.choice(3, p=_ZONE_WEIGHTS.get(label, (1 / 3, 1 / 3, 1 / 3))))]
+        zone = ZONES[int(rng.choice(3, p=zone_weights.get(label, (1 / 3, 1 / 3, 1 / 3))))]
     if size is None:
-        size = SIZES[int(rng.choice(3, p=_SIZE_WEIGHTS.get(label, _DEFAULT_SIZE_WEIGHTS)))]
+        size = SIZES[int(rng.choice(3, p=size_weights.get(label, default_size_weights)))]
     return Finding(label=label, side=side, zone=zone, size=size)
