@@ -524,9 +524,7 @@ def phantom_units(per_finding: int = 200, size: int = 128, seed: int = 0, calibr
     drawn by the phantom's own prior), on the phantom's exact anatomy; `calibration` as
     `generate_phantoms` takes it (None: the default phantom)."""
     from aurad_models.findings import Finding
-    from aurad_models.phantom import generate_phantoms
-
-    from aurad_models.phantom import PhantomConfig
+    from aurad_models.phantom import PhantomConfig, generate_phantoms
 
     config = PhantomConfig(size=size)
     parts = []
