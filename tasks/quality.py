@@ -112,10 +112,17 @@ def validate_frame(gate: str, frame: pd.DataFrame, expectations: list[Any]) -> G
 
 def data_doc_page(result: Any) -> str:
     """One validation result as an HTML page, rendered by great-expectations' Data Docs renderer and view
-    (what `context.build_data_docs()` writes per validation)."""
+    (what `context.build_data_docs()` writes per validation). Observed values become plain Python numbers
+    first: GE's own column-mean metric returns a numpy float64, which its renderer's number formatting
+    refuses (an ERROR with a traceback, and a blank cell)."""
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
+    for expectation in result.results:
+        outcome = expectation.result or {}
+        for key, value in outcome.items():
+            if isinstance(value, np.generic):
+                outcome[key] = value.item()
     return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(result))
 
 
