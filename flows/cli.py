@@ -396,13 +396,14 @@ def models_list(kind: Optional[str] = typer.Argument(None), root: Optional[str] 
     from aurad_models.registry import CARD_NAME, list_models
 
     root = root or _config(profile, None, None).storage.root
-    known = sorted({r.kind for r in list_models(root)})
+    records = list_models(root)
+    known = sorted({r.kind for r in records})
     if kind is not None and kind not in known:
         errors.print(f"no registered models of kind {kind!r} under {root}; kinds here: {', '.join(known) or 'none'}",
                      style="red", markup=False)
         raise typer.Exit(1)
     table = Table("kind", "id", "created", "metrics", "card")
-    for record in list_models(root, kind):
+    for record in (r for r in records if kind is None or r.kind == kind):
         metrics = [f"{k} {v}" if isinstance(v, int) else f"{k} {v:.3g}" for k, v in record.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)]
         shown = ", ".join(metrics[:4]) + (f", ... ({len(metrics) - 4} more in record.json)" if len(metrics) > 4 else "")

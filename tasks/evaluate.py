@@ -183,7 +183,8 @@ def quality_metrics(params: EvaluateParameters) -> dict[str, Any]:
         return {"skipped": "no synthetic dataset"}
     real = _open(params.root, params.real_dataset, params.real_version)
     synthetic = _open(params.root, params.synthetic_dataset, params.synthetic_version)
-    real_images = load_labelled(real, params.test_split, accepted_only=False, limit=config.max_images).images
+    real_test = load_labelled(real, params.test_split, accepted_only=False, limit=config.max_images)
+    real_images = real_test.images
     chosen = synthetic.select(accepted_only=True)
     subset = chosen[: config.max_images]
     synthetic_images = stored_to_unit(np.asarray(synthetic.images.oindex[subset]))
@@ -223,11 +224,10 @@ def quality_metrics(params: EvaluateParameters) -> dict[str, Any]:
         out["cooccurrence"] = json.loads(synthetic.root.read_bytes(build_file)).get("cooccurrence")
     from tasks.grounding import location_document
 
-    real_test = real.select(accepted_only=False, split=params.test_split)[: config.max_images]
+    real_test_indices = real.select(accepted_only=False, split=params.test_split)[: config.max_images]
     out["locations"] = location_document({
         "synthetic (accepted)": (pathology, anatomy),
-        "real test split": (load_labelled(real, params.test_split, accepted_only=False, limit=config.max_images).masks,
-                            np.asarray(real.anatomy.oindex[real_test]))})
+        "real test split": (real_test.masks, np.asarray(real.anatomy.oindex[real_test_indices]))})
     return out
 
 
