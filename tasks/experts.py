@@ -47,7 +47,7 @@ from aurad_models.pixels import stored_to_unit, unit_to_model
 from aurad_models.registry import ModelRecord, register_model
 from aurad_models.seeding import derive_seed
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES
-from tasks.retrain import LabelledSubset, SegmentationConfig
+from tasks.retrain import LabelledSubset, SegmentationConfig, multilabel_segmentation_loss
 
 logger = logging.getLogger(__name__)
 
@@ -364,15 +364,6 @@ def train_pathology_classifier(
     return TrainResult(model, losses, seconds, config.steps)
 
 
-def _segmentation_loss() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Dice + BCE on independent sigmoids: structures overlap, so no softmax across channels."""
-    from monai.losses import DiceLoss
-
-    dice_loss = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
-    bce = torch.nn.BCEWithLogitsLoss()
-    return lambda logits, target: dice_loss(logits, target) + bce(logits, target)
-
-
 def train_anatomy_segmenter(
     data: ExpertData, config: SegmenterTrainingConfig, device: str | torch.device | None = None
 ) -> TrainResult:
@@ -403,7 +394,7 @@ def train_anatomy_segmenter(
             num_res_units=config.num_res_units,
         )
         losses, seconds = _fit(
-            model, next_batch, _segmentation_loss(), config.steps, config.learning_rate, config.weight_decay, device,
+            model, next_batch, multilabel_segmentation_loss(batch_dice=False), config.steps, config.learning_rate, config.weight_decay, device,
             config.log_every, "anatomy segmenter",
         )
     logger.info("anatomy segmenter: %d steps in %.1f s, loss %.4f -> %.4f", config.steps, seconds, losses[0], losses[-1])
@@ -571,6 +562,9 @@ def train_lesion_segmenter(train: Any, val: Any, config: LesionSegmenterTraining
         set_output_prior(model, len(PATHOLOGIES), config.prior)
         return model
 
+    # MONAI's DiceCELoss, whose CE term is a softmax across the finding channels (no gradient from a pixel
+    # with no finding), unlike the downstream models' `multilabel_segmentation_loss`: the shipped fidelity
+    # expert was trained with it, and changing the loss means retraining the shipped experts
     dice_ce = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
     task_model = DownstreamModel(config, build, lambda model, x, y: dice_ce(model(x), y),
                                  lambda model, data: evaluate_segmenter(model, data, config.threshold))

@@ -71,3 +71,24 @@ def test_samplers_bench_scores_each_sampler_against_the_reference(tmp_path):
     assert all(np.isfinite(r["image_fd_to_real"]) and r["image_images_per_s"] > 0 for r in (reference, other))
     with pytest.raises(SystemExit, match="aurad demo"):
         samplers.main(["--root", str(tmp_path / "empty"), "--out", str(out)])
+
+
+def test_visibility_bench_tells_a_visible_lesion_from_a_hidden_one(tmp_path):
+    """The contrast measure: a bright disc on noise stands out, the same disc at the noise's mean does not;
+    and the bench's rows cover every finding at each size, the same area growing with the size."""
+    import numpy as np
+
+    from bench import visibility
+    from aurad_models.vocabulary import PATHOLOGIES
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(0.5, 0.05, (32, 32))
+    yy, xx = np.mgrid[:32, :32]
+    disc = (yy - 16) ** 2 + (xx - 16) ** 2 <= 9
+    assert visibility.contrast_to_surround(np.where(disc, 0.8, image), disc) > 3
+    assert abs(visibility.contrast_to_surround(image, disc)) < 1
+    result = visibility.main(["--per-finding", "3", "--sizes", "64", "128", "--out", str(tmp_path / "v.json")])
+    rows = {(r["size"], r["finding"]): r for r in result["rows"]}
+    assert set(rows) == {(s, f) for s in (64, 128) for f in PATHOLOGIES}
+    assert rows[(128, "cardiomegaly")]["area_px"] > 3 * rows[(64, "cardiomegaly")]["area_px"]
+    assert (tmp_path / "v.md").is_file()

@@ -102,6 +102,22 @@ def test_a_tiny_segmenter_learns_effusions():
     assert trained["per_class"]["effusion"] > 0.5
 
 
+def test_the_segmentation_loss_punishes_false_alarms_on_pixels_with_no_finding():
+    """Independent sigmoids: a pixel with no finding that the model calls positive costs BCE. MONAI's
+    DiceCELoss (softmax CE across channels) gives such pixels no CE term at all, so both predictions below
+    would cost about the same Dice and nothing else."""
+    loss = retrain.multilabel_segmentation_loss(batch_dice=True)
+    empty = torch.zeros(4, len(PATHOLOGIES), 16, 16)
+    alarm, quiet = torch.full_like(empty, 5.0).requires_grad_(), torch.full_like(empty, -5.0)
+    assert loss(alarm, empty).item() > loss(quiet, empty).item() + 4.0
+    loss(alarm, empty).backward()
+    assert alarm.grad is not None and alarm.grad.abs().min() > 0  # every pixel is pushed down
+    target = empty.clone()
+    target[:, 0, 4:8, 4:8] = 1.0
+    right = torch.where(target > 0, 5.0, -5.0)
+    assert loss(right, target).item() + 4.0 < loss(-right, target).item()
+
+
 def test_validation_picks_the_best_checkpoint_and_stops_early():
     findings = [(Finding(label="effusion", size="large"),)] * 16
     data, val = labelled(range(16), findings), labelled(range(100, 108), findings[:8])
