@@ -236,7 +236,9 @@ class DetectionConfig(TrainingSchedule):
         2e-3, gt=0, description="peak of the one-cycle schedule (warm-up, cosine decay over max_steps)"
     )
     finetune_learning_rate: float = Field(1e-3, gt=0, description="peak when fine-tuning a pre-trained model")
-    backbone_channels: tuple[int, ...] = Field((16, 32, 64), description="conv widths; every layer but the last halves the size")
+    # 5 layers (a 4x4 map at 64 px, a receptive field that covers the heart): full-real mAP50 0.139 in 47 s
+    # against 0.098 in 95 s for (16, 32, 64) (one seed, 800 steps, demo source)
+    backbone_channels: tuple[int, ...] = Field((16, 32, 64, 64, 64), description="conv widths; every layer but the last halves the size")
     anchor_sizes: tuple[float, ...] = Field((4, 8, 16, 32), description="anchor sides in pixels at 64 px (scaled with the image)")
     min_box_area: int = Field(4, ge=1, description="smallest mask component (pixels at 64 px) that becomes a box")
     score_threshold: float = Field(0.05, ge=0, lt=1, description="RetinaNet drops detections scoring below this (0-1)")

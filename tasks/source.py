@@ -7,6 +7,7 @@ any process, and the dataset is the same for the same config.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import numpy as np
 from prefect import task
@@ -14,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from aurad_models.hashing import config_hash
 from aurad_models.phantom import PhantomConfig, generate_phantoms
+from aurad_models.phantom.calibration import CALIBRATED
 from aurad_models.phantom.config import PHANTOM_VERSION
 from aurad_models.pixels import to_stored
 from aurad_models.seeding import derive_seed
@@ -48,6 +50,11 @@ class SourceConfig(BaseModel):
         default_factory=lambda: PhantomConfig(size=64),
         description="the procedural phantom: image size, finding prior, patient and imaging variation",
     )
+    calibration: Literal["none", "calibrated"] = Field(
+        "none", description="where findings lie and how big they are: none (the phantom's own tables, what the shipped "
+        "models learnt from) or calibrated (moved towards real NIH/RSNA/SIIM annotations, "
+        "aurad_models.phantom.calibration; a new world, so every model trains again)",
+    )
 
     @field_validator("splits")
     @classmethod
@@ -62,7 +69,10 @@ class SourceConfig(BaseModel):
 
 def source_build_id(config: SourceConfig) -> str:
     """Build id of a source dataset: the same config always resumes / finds the same build."""
-    identity = {**config.model_dump(mode="json", exclude={"root"}), "phantom_version": PHANTOM_VERSION}
+    # the default calibration is left out, so the build ids (and the shipped models' fingerprints) from
+    # before the setting existed still stand
+    exclude = {"root"} | ({"calibration"} if config.calibration == "none" else set())
+    identity = {**config.model_dump(mode="json", exclude=exclude), "phantom_version": PHANTOM_VERSION}
     return f"phantom-{config_hash(identity)[:16]}"
 
 
@@ -83,7 +93,7 @@ def write_phantom_shard(staged: StagedVersion, shard: int, config: SourceConfig)
     """Generate one shard of phantoms and write it; returns the number of samples written."""
     start, stop = staged.shard_bounds(shard)
     seeds = [derive_seed(config.seed, index) for index in range(start, stop)]
-    batch = generate_phantoms(seeds, config.phantom)
+    batch = generate_phantoms(seeds, config.phantom, calibration=CALIBRATED if config.calibration == "calibrated" else None)
     rows = [
         {
             "sample_id": f"{config.dataset}-{index:07d}",

@@ -171,3 +171,34 @@ def test_registry_references_are_ids_of_their_kind():
     for reference in ("../../x", "image-generator-0123456789ab", "mask-generator-XYZ"):
         with pytest.raises(RegistryError, match="is not a mask-generator model id"):
             resolve_model("/nonexistent", "mask-generator", reference)
+
+
+def test_the_calibrated_profile_draws_a_world_of_its_own_and_leaves_the_demos_alone(tmp_path):
+    """`source.calibration: calibrated` writes the calibrated phantom into the source dataset under a new build
+    id (so nothing trained on the demo's world is reused for it); the default keeps the demo's build id,
+    which the shipped models' fingerprints name."""
+    import numpy as np
+
+    from aurad_models.embedded import read_manifest
+    from aurad_models.phantom import generate_phantoms
+    from aurad_models.phantom.calibration import CALIBRATED
+    from aurad_models.pixels import to_stored
+    from aurad_models.seeding import derive_seed
+    from storage import open_dataset
+    from tasks.source import source_build_id, stage_source, write_phantom_shard
+
+    demo, calibrated = load_config("demo"), load_config("calibrated", root=str(tmp_path))
+    assert calibrated.source.calibration == "calibrated" and calibrated.train.dataset == "phantom-calibrated"
+    shipped = {step["how"]["source_build"] for step in read_manifest()["steps"].values()}
+    assert shipped == {source_build_id(demo.source)}
+    assert source_build_id(calibrated.source) != source_build_id(demo.source)
+    config = calibrated.source.model_copy(update={"n_samples": 6, "shard_size": 6})
+    staged = stage_source(config)
+    write_phantom_shard(staged, 0, config)
+    version = staged.publish({"kind": "source"})
+    seeds = [derive_seed(config.seed, i) for i in range(6)]
+    drawn = generate_phantoms(seeds, config.phantom, calibration=CALIBRATED)
+    stored = open_dataset(tmp_path, "phantom-calibrated", version)
+    np.testing.assert_array_equal(stored.images[:], to_stored(drawn.images))
+    np.testing.assert_array_equal(stored.masks[:], drawn.pathology)
+    assert not np.array_equal(drawn.pathology, generate_phantoms(seeds, config.phantom).pathology)

@@ -17,6 +17,7 @@ ChestX-ray14 and RSNA boxes, SIIM-ACR pneumothorax masks, normalised by a typica
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -69,6 +70,19 @@ class PhantomCalibration(BaseModel):
         description="top of the fluid at the chest wall, fraction of the lung height from the apex")
     effusion_rise: Range = Field((0.18, 0.3), description="how much lower the fluid's top lies at the mediastinum "
                                  "than at the chest wall (the meniscus), fraction of the lung height")
+    effusion_wall: Literal["costophrenic angle", "lung edge"] = Field(
+        "costophrenic angle",
+        description="the chest wall the meniscus climbs: the lateral costophrenic angle's distance from the midline at "
+        "every height (above the angle the lung's edge lies medial to it, so the fluid there stays below "
+        "effusion_level), or the lung's lateral edge at each height (the fluid reaches effusion_level along the wall)")
+    effusion_reach: dict[str, float] = Field(
+        default_factory=lambda: {"small": 1.0, "moderate": 1.0, "large": 1.0},
+        description="per size, how far from the chest wall the meniscus has fallen by effusion_rise, fraction of the "
+        "wall's distance from the midline (1: across the whole hemithorax; small: fluid only in a band along the wall, "
+        "where the rise takes its top below the dome)")
+    effusion_meniscus_power: float = Field(
+        0.45, gt=0, description="shape of the meniscus: its top falls by effusion_rise * u ** power, u the distance "
+        "from the wall over effusion_reach (below 1: steepest at the wall; above 1: level near the wall, a lateral wedge)")
     pneumothorax_depth: dict[str, Range] = Field(default_factory=lambda: _sizes((0.02, 0.03), (0.04, 0.055), (0.075, 0.1)),
                                                  description="rim depth at the apex")
     pneumothorax_taper: dict[str, float] = Field(
@@ -79,6 +93,15 @@ class PhantomCalibration(BaseModel):
         default_factory=lambda: {"plate": (0.07, 0.12), "band": (0.1, 0.16)}, description="band length per kind")
     atelectasis_half_thickness: dict[str, Range] = Field(
         default_factory=lambda: {"plate": (0.005, 0.008), "band": (0.01, 0.015)}, description="band half thickness per kind")
+    cardiomegaly_right_fraction: Range | None = Field(
+        None, description="share of the enlarged heart's width right of the midline (None: the patient's own, 0.3-0.4)")
+    cardiomegaly_top_rise: Range | None = Field(
+        None, description="how far the enlarged heart's top (the right atrium's) lies above where the patient model puts "
+        "it, patient units, negative: below (None: where it puts it)")
+    cardiomegaly_dome_drop: Range | None = Field(
+        None, description="how far both domes' medial ends lie below their peaks under an enlarged heart, fraction of "
+        "the dome height (None: the patient's own, 0.25-0.6). The heart's mask ends at the diaphragm, so its lowest "
+        "pixel is the notch where the domes meet under it; flatter domes end it near the cardiophrenic angles")
 
     @model_validator(mode="after")
     def _check(self) -> "PhantomCalibration":
@@ -95,9 +118,11 @@ class PhantomCalibration(BaseModel):
                     raise ValueError(f"range in {name} must be (low, high), got {r}")
         for size in ("small", "moderate", "large"):
             for name in ("ctr", "nodule_radius", "mass_radius", "consolidation_extent", "effusion_level",
-                         "pneumothorax_depth", "pneumothorax_taper"):
+                         "effusion_reach", "pneumothorax_depth", "pneumothorax_taper"):
                 if size not in getattr(self, name):
                     raise ValueError(f"{name} needs an entry for every size, {size!r} is missing")
+        if min(self.effusion_reach.values()) <= 0:
+            raise ValueError(f"effusion_reach must be positive, got {self.effusion_reach}")
         return self
 
 

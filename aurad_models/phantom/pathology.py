@@ -13,14 +13,14 @@ do it through `adjust_patient` before the anatomy is rendered.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from aurad_models.anatomy_rules import allowed_region, located_side, located_zone
 from aurad_models.findings import Finding
-from aurad_models.phantom.anatomy import Anatomy, Grid, Silhouette, cage_value, lung_field, smoothstep
+from aurad_models.phantom.anatomy import Anatomy, Grid, Silhouette, cage_half_width, cage_value, lung_field, smoothstep
 from aurad_models.phantom.patient import FOV_CM, Patient, dome_y, with_cardiomegaly, with_volume_loss
 from aurad_models.phantom.render import LesionFields
 from aurad_models.phantom.vessels import splat_segments
@@ -42,6 +42,7 @@ _CONSOLIDATION_EXTENT = {"small": (0.045, 0.06), "moderate": (0.06, 0.08), "larg
 # (0.86-0.92, 0.68-0.76, 0.53-0.58): the effusion boxes were 0.06 of the image against the NIH boxes' 0.20-0.27.
 _EFFUSION_LEVEL = {"small": (0.76, 0.84), "moderate": (0.63, 0.71), "large": (0.52, 0.57)}
 _EFFUSION_RECESS = {"small": 0.5, "moderate": 0.9, "large": 1.0}
+_EFFUSION_REACH = {"small": 1.0, "moderate": 1.0, "large": 1.0}  # the meniscus falls across the whole hemithorax
 _PNEUMOTHORAX_DEPTH = {"small": (0.02, 0.03), "moderate": (0.04, 0.055), "large": (0.075, 0.1)}
 _PNEUMOTHORAX_TAPER = {"small": 0.85, "moderate": 0.65, "large": 0.4}
 _VOLUME_LOSS = {"small": 0.0, "moderate": 0.012, "large": 0.028}
@@ -60,9 +61,25 @@ def adjust_patient(p: Patient, findings: tuple[Finding, ...], rng: np.random.Gen
     for f in findings:
         if f.label == "cardiomegaly":
             p = with_cardiomegaly(p, float(rng.uniform(*ctr[f.size])))
+            if calibration is not None:
+                p = _calibrated_heart(p, calibration, rng)
         elif f.label == "atelectasis" and _VOLUME_LOSS[f.size] > 0:
             for side in sides_of(f):
                 p = with_volume_loss(p, side, _VOLUME_LOSS[f.size] * float(rng.uniform(0.7, 1.3)))
+    return p
+
+
+def _calibrated_heart(p: Patient, calibration, rng: np.random.Generator) -> Patient:
+    """Where a calibration puts the enlarged heart (each table left at None keeps the patient's): its share right
+    of the midline, its top, and the domes under it, which set where its box ends below."""
+    if calibration.cardiomegaly_right_fraction is not None:
+        p = replace(p, heart_right_fraction=float(rng.uniform(*calibration.cardiomegaly_right_fraction)))
+    if calibration.cardiomegaly_top_rise is not None:
+        rise = float(rng.uniform(*calibration.cardiomegaly_top_rise))
+        p = replace(p, right=replace(p.right, heart_top=p.right.heart_top - rise))
+    if calibration.cardiomegaly_dome_drop is not None:
+        drop = float(rng.uniform(*calibration.cardiomegaly_dome_drop))
+        p = replace(p, right=replace(p.right, dome_medial_drop=drop), left=replace(p.left, dome_medial_drop=drop))
     return p
 
 
@@ -407,13 +424,14 @@ def _effusion(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
     grid, rng = scene.grid, scene.rng
     level = rng.uniform(*scene.table("effusion_level", _EFFUSION_LEVEL)[f.size])
     rise = rng.uniform(*scene.table("effusion_rise", (0.18, 0.3)))
+    reach = scene.table("effusion_reach", _EFFUSION_REACH)[f.size]
     sides = sides_of(f)
     levels = {side: level + rng.uniform(-0.02, 0.02) for side in sides}
     drawn = {}
     for _ in range(20):
         for side in sides:
             if side not in drawn:
-                drawn[side] = _effusion_side(scene, side, levels[side], rise)
+                drawn[side] = _effusion_side(scene, side, levels[side], rise, reach)
         counts = {side: int(drawn[side][1].sum()) for side in sides}
         change = {side: -0.03 for side in sides if counts[side] < MIN_MASK_PIXELS}  # raise the fluid a little
         if len(sides) == 2 and not change:
@@ -434,18 +452,21 @@ def _effusion(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
     return mask
 
 
-def _effusion_side(scene: _Scene, side: str, lateral_level: float, rise: float):
+def _effusion_side(scene: _Scene, side: str, lateral_level: float, rise: float, reach: float):
     """Box, mask and fluid fraction of one side's effusion whose top at the chest wall lies at
-    `lateral_level` (a fraction of the lung height)."""
+    `lateral_level` (a fraction of the lung height), falling by `rise` over `reach` of the way to the midline."""
     grid, p = scene.grid, scene.p
     s = p.side(side)
     allowed = allowed_region("effusion", scene.stack, side)
     outer = p.x_mid + s.sgn * (s.width + 0.03)
     box = grid.box(min(p.x_mid, outer), max(p.x_mid, outer), s.top + 0.4 * s.height, s.cp + 0.02)
     x, y = grid.at(box)
-    lat = np.clip(s.sgn * (x - p.x_mid) / s.width, 0.0, 1.0)
-    # The meniscus climbs the chest wall: steep at the wall, flat towards the mediastinum.
-    top_y = s.top + s.height * (lateral_level + min(rise, 0.99 - lateral_level) * (1.0 - lat) ** 0.45)
+    at_lung_edge = scene.table("effusion_wall", "costophrenic angle") == "lung edge"
+    wall = cage_half_width(s, y, 0.0) if at_lung_edge else s.width
+    lat = np.clip(s.sgn * (x - p.x_mid) / wall, 0.0, 1.0)
+    # The meniscus climbs the chest wall: highest there, its top falls by `rise` towards the mediastinum.
+    fall = np.clip((1.0 - lat) / reach, 0.0, 1.0) ** scene.table("effusion_meniscus_power", 0.45)
+    top_y = s.top + s.height * (lateral_level + min(rise, 0.99 - lateral_level) * fall)
     fluid = np.clip((y - top_y) / 0.08, 0.0, 1.0) ** 0.8 * allowed[box]
     return box, (fluid > 0.15) & allowed[box], fluid
 
