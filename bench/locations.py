@@ -135,10 +135,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"- Calibrated within half of the default's distance: {', '.join(met) or 'none'}; not: "
               f"{', '.join(r['finding'] for r in rows if r['meets'] != 'yes') or 'none'}.",
               "- Effusion is bounded by the anatomy rule: its region is the lower half of each lung "
-              "(`anatomy_rules.allowed_region`), so a box's centre cannot rise much above y = 0.75, and the NIH boxes centre at "
-              "about 0.64 (loose, tall boxes along the chest wall).",
-              "- Cardiomegaly's residual is where the heart sits (lower, and less spread in x and y, than the NIH boxes), a "
-              "property of the patient model (`PatientVariation`) that a pathology calibration does not touch.",
+              "(`anatomy_rules.allowed_region`), so a box that reaches the base centres at y >= 0.75. The calibrated "
+              "fluid climbs the lateral wall to that limit (`effusion_wall`, `effusion_reach`, `effusion_meniscus_power`: tall "
+              "lateral menisci); the NIH boxes centre at about 0.64, their bottoms at about 0.89 of the typical lung field "
+              "(the normalisation offset below).",
+              "- Cardiomegaly: the calibration varies the enlarged heart's share right of the midline, its top and the domes "
+              "under it (`cardiomegaly_right_fraction`, `cardiomegaly_top_rise`, `cardiomegaly_dome_drop`); what is left is the "
+              "NIH boxes' spread in y (about 3x the phantom's, much of it the per-image framing a typical lung field cannot "
+              "take out) and their width: 0.56 of the lung field at the median, so nearly half are narrower than the CTR "
+              "0.55 that makes a heart enlarged here.",
               "- Real boxes are normalised by a typical V7 lung field, not their own image's lungs: a systematic offset (the "
               "V7 images are of another population and cropping) shifts every real y and area alike; the distances compare "
               "distributions, so they carry that uncertainty too.",

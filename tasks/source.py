@@ -70,9 +70,10 @@ class SourceConfig(BaseModel):
 def source_build_id(config: SourceConfig) -> str:
     """Build id of a source dataset: the same config always resumes / finds the same build."""
     # the default calibration is left out, so the build ids (and the shipped models' fingerprints) from
-    # before the setting existed still stand
-    exclude = {"root"} | ({"calibration"} if config.calibration == "none" else set())
-    identity = {**config.model_dump(mode="json", exclude=exclude), "phantom_version": PHANTOM_VERSION}
+    # before the setting existed still stand; a calibrated world is named by its tables, not just their name
+    identity = {**config.model_dump(mode="json", exclude={"root", "calibration"}), "phantom_version": PHANTOM_VERSION}
+    if config.calibration == "calibrated":
+        identity["calibration"] = CALIBRATED.model_dump(mode="json")
     return f"phantom-{config_hash(identity)[:16]}"
 
 

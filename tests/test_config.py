@@ -192,6 +192,12 @@ def test_the_calibrated_profile_draws_a_world_of_its_own_and_leaves_the_demos_al
     shipped = {step["how"]["source_build"] for step in read_manifest()["steps"].values()}
     assert shipped == {source_build_id(demo.source)}
     assert source_build_id(calibrated.source) != source_build_id(demo.source)
+    import tasks.source
+
+    retuned, before = CALIBRATED.model_copy(update={"effusion_meniscus_power": 1.0}), source_build_id(calibrated.source)
+    with pytest.MonkeyPatch.context() as patch:  # new tables, a new world: no build on disk is reused for it
+        patch.setattr(tasks.source, "CALIBRATED", retuned)
+        assert source_build_id(calibrated.source) != before
     config = calibrated.source.model_copy(update={"n_samples": 6, "shard_size": 6})
     staged = stage_source(config)
     write_phantom_shard(staged, 0, config)

@@ -141,14 +141,37 @@ def test_calibration_is_opt_in_and_leaves_the_default_phantom_byte_identical():
 
 
 def test_calibrated_phantom_is_closer_to_the_real_annotations(real):
-    findings = ("consolidation", "effusion", "pneumothorax", "atelectasis")
+    findings = ("consolidation", "effusion", "pneumothorax", "cardiomegaly", "atelectasis")
     before = grounding.location_distances(real, grounding.phantom_units(40, 64, findings=findings)).set_index("finding")
     after = grounding.location_distances(real, grounding.phantom_units(40, 64, calibration=CALIBRATED,
                                                                        findings=findings)).set_index("finding")
     for finding in findings:
         assert after.loc[finding, "distance"] < before.loc[finding, "distance"], finding
-    for finding in ("pneumothorax", "atelectasis"):  # far off today; at 64 px and 40 samples about 0.55x
+    for finding in ("effusion", "pneumothorax", "cardiomegaly", "atelectasis"):  # at 64 px and 40 samples 0.5-0.65x
         assert after.loc[finding, "distance"] < 0.75 * before.loc[finding, "distance"], finding
+
+
+def test_meniscus_and_heart_placement_move_the_calibrated_boxes_the_way_the_real_ones_differ():
+    """CALIBRATED against the same tables with the meniscus and heart-placement parameters at their defaults
+    (today's drawing): effusions become tall lateral menisci, the heart sits higher and varies more across."""
+    new = ("effusion_wall", "effusion_reach", "effusion_meniscus_power",
+           "cardiomegaly_right_fraction", "cardiomegaly_top_rise", "cardiomegaly_dome_drop")
+    defaults = PhantomCalibration()
+    assert all(getattr(CALIBRATED, name) != getattr(defaults, name) for name in new)
+    without = CALIBRATED.model_copy(update={name: getattr(defaults, name) for name in new})
+    findings = ("effusion", "cardiomegaly")
+    plain = grounding.phantom_units(40, 64, calibration=without, findings=findings)
+    moved = grounding.phantom_units(40, 64, calibration=CALIBRATED, findings=findings)
+    effusion = {name: stats.of("effusion") for name, stats in (("plain", plain), ("moved", moved))}
+    heart = {name: stats.of("cardiomegaly") for name, stats in (("plain", plain), ("moved", moved))}
+    # NIH effusion boxes: h/w 1.6; the fluid now climbs the lateral wall to the lower-lung limit, narrower at its top.
+    assert effusion["moved"]["aspect"].median() > 1.5 * effusion["plain"]["aspect"].median()
+    assert effusion["moved"]["lateral"].median() > effusion["plain"]["lateral"].median()
+    assert effusion["moved"]["y"].median() <= effusion["plain"]["y"].median()
+    # NIH heart boxes: centred higher (y 0.63) and spread more across the field (x sd 0.058).
+    assert heart["moved"]["y"].median() < heart["plain"]["y"].median() - 0.01
+    assert heart["moved"]["x"].std() > 1.5 * heart["plain"]["x"].std()
+    assert heart["moved"]["y"].std() > heart["plain"]["y"].std()
 
 
 def test_the_evaluation_document_and_report_section_hold_every_datasets_rows():

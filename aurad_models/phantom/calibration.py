@@ -137,18 +137,31 @@ CALIBRATED = PhantomCalibration(
         "atelectasis": (0.05, 0.50, 0.45),  # NIH atelectasis boxes: 0.05, 0.49, 0.46
     },
     size_weights={
-        "effusion": (0.15, 0.35, 0.5),  # NIH effusion boxes are large: area 0.093, centre y 0.64
+        "effusion": (0.34, 0.33, 0.33),  # NIH effusion boxes vary in area 0.02-0.26 (10th-90th percentile)
         "pneumothorax": (0.45, 0.35, 0.2),
-        "cardiomegaly": (0.45, 0.35, 0.2),
+        "cardiomegaly": (0.6, 0.25, 0.15),  # NIH heart boxes are narrow: 0.56 of the field, CTR 0.55 the floor
         "atelectasis": (0.25, 0.35, 0.4),  # more lobar wedges: NIH boxes 0.031 of the field, phantom bands 0.010
     },
     lateral={"mass": (0.0, 0.6), "consolidation": (0.0, 0.6), "atelectasis": (0.05, 0.65)},  # real lateral ~0.46
     mass_radius=_sizes((0.035, 0.05), (0.05, 0.066), (0.066, 0.09)),  # NIH mass boxes vary more in size
     nodule_radius=_sizes((0.017, 0.026), (0.026, 0.039), (0.039, 0.05)),  # NIH nodule boxes 1.6x the phantom's area
     consolidation_extent=_sizes((0.055, 0.075), (0.075, 0.1), (0.1, 0.13)),  # RSNA boxes 1.5x
-    ctr=_sizes((0.56, 0.59), (0.59, 0.63), (0.63, 0.68)),  # NIH heart boxes 0.286 of the field, phantom 0.330
-    effusion_level=_sizes((0.62, 0.7), (0.55, 0.6), (0.5, 0.53)),  # as high as the lower-lung rule lets fluid rise
-    effusion_rise=(0.05, 0.12),  # a flatter meniscus: fluid reaches the mediastinum (NIH lateral 0.67)
+    ctr=_sizes((0.56, 0.565), (0.565, 0.6), (0.6, 0.72)),  # NIH heart boxes 0.286 of the field, phantom 0.330
+    # NIH heart boxes: taller (h/w 0.80 against 0.67), centred higher (y 0.63 against 0.67) and spread 2.5-4x more
+    # in x and y: the heart's share right of the midline varies more, its top rises or falls, and flat domes under
+    # it end its box near the cardiophrenic angles (NIH box bottoms at y 0.89) rather than the notch between them.
+    cardiomegaly_right_fraction=(0.22, 0.46),
+    cardiomegaly_top_rise=(-0.04, 0.06),
+    cardiomegaly_dome_drop=(0.0, 0.2),
+    # NIH effusion boxes: tall and narrow (h/w 1.6), centred at y 0.64, which the lower-lung rule bounds: a box that
+    # reaches the base centres at y >= 0.75. So every effusion climbs the lateral wall to that limit (the rule cuts
+    # what lies above 0.5), and its size is how far it reaches towards the midline: a rim along the wall (small) to a
+    # wedge over most of the base (large).
+    effusion_level=_sizes((0.47, 0.5), (0.47, 0.5), (0.47, 0.5)),
+    effusion_rise=(0.45, 0.49),  # medially the fluid's top falls below the dome: no fluid there
+    effusion_wall="lung edge",
+    effusion_reach={"small": 0.15, "moderate": 0.4, "large": 0.9},
+    effusion_meniscus_power=2.0,
     pneumothorax_depth=_sizes((0.012, 0.02), (0.025, 0.035), (0.04, 0.06)),
     pneumothorax_taper={"small": 2.6, "moderate": 2.0, "large": 1.2},  # apical: SIIM boxes centre at y 0.18
     atelectasis_length={"plate": (0.09, 0.14), "band": (0.12, 0.18)},

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
@@ -24,6 +25,9 @@ from aurad_models.phantom.anatomy import Anatomy, Grid, Silhouette, cage_half_wi
 from aurad_models.phantom.patient import FOV_CM, Patient, dome_y, with_cardiomegaly, with_volume_loss
 from aurad_models.phantom.render import LesionFields
 from aurad_models.phantom.vessels import splat_segments
+
+if TYPE_CHECKING:
+    from aurad_models.phantom.calibration import PhantomCalibration
 from aurad_models.vocabulary import PATHOLOGIES, ZONES, pathology_index
 
 logger = logging.getLogger(__name__)
@@ -69,7 +73,7 @@ def adjust_patient(p: Patient, findings: tuple[Finding, ...], rng: np.random.Gen
     return p
 
 
-def _calibrated_heart(p: Patient, calibration, rng: np.random.Generator) -> Patient:
+def _calibrated_heart(p: Patient, calibration: PhantomCalibration, rng: np.random.Generator) -> Patient:
     """Where a calibration puts the enlarged heart (each table left at None keeps the patient's): its share right
     of the midline, its top, and the domes under it, which set where its box ends below."""
     if calibration.cardiomegaly_right_fraction is not None:
