@@ -25,10 +25,10 @@ from aurad_models.phantom.anatomy import Anatomy, Grid, Silhouette, cage_half_wi
 from aurad_models.phantom.patient import FOV_CM, Patient, dome_y, with_cardiomegaly, with_volume_loss
 from aurad_models.phantom.render import LesionFields
 from aurad_models.phantom.vessels import splat_segments
+from aurad_models.vocabulary import PATHOLOGIES, ZONES, pathology_index
 
 if TYPE_CHECKING:
     from aurad_models.phantom.calibration import PhantomCalibration
-from aurad_models.vocabulary import PATHOLOGIES, ZONES, pathology_index
 
 logger = logging.getLogger(__name__)
 
