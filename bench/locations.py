@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "- Cardiomegaly: the calibration varies the enlarged heart's share right of the midline, its top and the domes "
               "under it (`cardiomegaly_right_fraction`, `cardiomegaly_top_rise`, `cardiomegaly_dome_drop`); what is left is the "
               "NIH boxes' spread in y (about 3x the phantom's, much of it the per-image framing a typical lung field cannot "
-              "take out) and their width: 0.56 of the lung field at the median, so nearly half are narrower than the CTR "
-              "0.55 that makes a heart enlarged here.",
+              "take out) and their width: 0.56 of the lung field at the median, so many are narrower than the calibrated "
+              "CTR floor of 0.53 (kept above the clinical 0.5 so that every drawn heart is enlarged).",
               "- Real boxes are normalised by a typical V7 lung field, not their own image's lungs: a systematic offset (the "
               "V7 images are of another population and cropping) shifts every real y and area alike; the distances compare "
               "distributions, so they carry that uncertainty too.",
