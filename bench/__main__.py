@@ -7,7 +7,7 @@ import importlib
 import time
 
 QUICK = ("phantom", "storage", "sampling", "filtering")
-ALL = QUICK + ("orchestration", "demo", "samplers", "quality", "grounding", "priors", "locations", "reports", "visibility")
+ALL = QUICK + ("orchestration", "demo", "samplers", "quality", "grounding", "priors", "locations", "reports", "visibility", "realism")
 
 
 def main() -> None:
