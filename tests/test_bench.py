@@ -92,3 +92,18 @@ def test_visibility_bench_tells_a_visible_lesion_from_a_hidden_one(tmp_path):
     assert set(rows) == {(s, f) for s in (64, 128) for f in PATHOLOGIES}
     assert rows[(128, "cardiomegaly")]["area_px"] > 3 * rows[(64, "cardiomegaly")]["area_px"]
     assert (tmp_path / "v.md").is_file()
+
+
+def test_drr_framing_puts_the_lung_field_on_the_phantoms_box_and_windows_to_unit_range():
+    from bench.drr_anatomy import TOTALSEG_STRUCTURES, _box, frame
+    from aurad_models.vocabulary import ANATOMY_STRUCTURES
+
+    assert set(TOTALSEG_STRUCTURES) <= set(ANATOMY_STRUCTURES)
+    image = np.zeros((256, 256), np.float32)
+    image[20:240, 10:250] = np.linspace(1.0, 50.0, 240)[None, :]  # a body with a gradient
+    lungs = np.zeros((256, 256), bool)
+    lungs[60:180, 40:200] = True
+    target = np.array([0.1, 0.15, 0.9, 0.8])
+    framed, masks = frame(image, {"Left Lung": lungs}, lungs, target, 64)
+    assert framed.shape == (64, 64) and framed.min() >= 0.0 and framed.max() <= 1.0
+    assert np.allclose(_box(masks["Left Lung"]), target, atol=1.5 / 64)
