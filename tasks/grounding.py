@@ -150,7 +150,7 @@ class LungField:
         return (cx - self.midline) / max(self.left[2] - self.midline, 1e-9)
 
 
-def _box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+def box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """(x0, y0, x1, y1) of a mask's pixels in image fractions (pixel c spans [c, c+1))."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
@@ -161,7 +161,7 @@ def _box_of(mask: np.ndarray) -> tuple[float, float, float, float] | None:
 
 def anatomy_lung_field(anatomy: np.ndarray) -> LungField | None:
     """The lung field of one image's anatomy (14, H, W); None when a lung is missing."""
-    right, left = _box_of(anatomy[_RIGHT] > 0), _box_of(anatomy[_LEFT] > 0)
+    right, left = box_of(anatomy[_RIGHT] > 0), box_of(anatomy[_LEFT] > 0)
     if right is None or left is None:
         return None
     area = float(((anatomy[_RIGHT] > 0) | (anatomy[_LEFT] > 0)).mean())
@@ -227,8 +227,8 @@ def v7_lungs(max_aspect: float = 1.25, max_masks: int | None = None, seed: int =
             if lungs is None:
                 continue
             right, left = lungs
-            rights.append(_box_of(right))
-            lefts.append(_box_of(left))
+            rights.append(box_of(right))
+            lefts.append(box_of(left))
             areas.append(float((right | left).mean()))
             for side, lung in (("right", right), ("left", left)):
                 shapes.append({"image": name, "side": side, **shape_descriptors(lung)})
@@ -277,7 +277,7 @@ def mask_units(source: str, finding: str, image: str, mask: np.ndarray, field: L
     units = []
     for side, part in parts:
         shape = shape_descriptors(part) if with_shape else None
-        units.append(_unit(source, finding, image, field, _box_of(part), side, float(part.mean()) / field.box_area, shape))
+        units.append(_unit(source, finding, image, field, box_of(part), side, float(part.mean()) / field.box_area, shape))
     return units
 
 

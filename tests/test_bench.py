@@ -95,7 +95,8 @@ def test_visibility_bench_tells_a_visible_lesion_from_a_hidden_one(tmp_path):
 
 
 def test_drr_framing_puts_the_lung_field_on_the_phantoms_box_and_windows_to_unit_range():
-    from bench.drr_anatomy import TOTALSEG_STRUCTURES, _box, frame
+    from bench.drr_anatomy import TOTALSEG_STRUCTURES, frame
+    from tasks.grounding import box_of
     from aurad_models.vocabulary import ANATOMY_STRUCTURES
 
     assert set(TOTALSEG_STRUCTURES) <= set(ANATOMY_STRUCTURES)
@@ -106,4 +107,4 @@ def test_drr_framing_puts_the_lung_field_on_the_phantoms_box_and_windows_to_unit
     target = np.array([0.1, 0.15, 0.9, 0.8])
     framed, masks = frame(image, {"Left Lung": lungs}, lungs, target, 64)
     assert framed.shape == (64, 64) and framed.min() >= 0.0 and framed.max() <= 1.0
-    assert np.allclose(_box(masks["Left Lung"]), target, atol=1.5 / 64)
+    assert np.allclose(box_of(masks["Left Lung"]), target, atol=1.5 / 64)
