@@ -4,8 +4,9 @@ image and its masks together, then intensity changes of the image only.
     augment = PairedAugmentation(AugmentationConfig(), seed=7)
     images, masks = augment(images, masks)     # (B, 1, H, W) in [0, 1], (B, C, H, W) in {0, 1}
 
-Batched: the affine is MONAI's `AffineTransform` over the whole batch (bilinear for the image, nearest for
-the masks, as MONAI's `RandAffined` does per sample), so augmentation costs one grid sample per batch
+Batched: one affine sampling grid for the whole batch, shared by the image (bilinear) and the masks (nearest,
+as MONAI's `RandAffined` does per sample; the grid is the one MONAI's `AffineTransform` builds, which
+tests/test_retrain.py checks pixel for pixel), so augmentation costs one grid per batch
 instead of a chain of small per-sample transforms (measured: the per-sample MONAI chain was about as
 expensive as the training step of the small downstream UNet). Every draw comes from the instance's own
 `torch.Generator`: the same seed gives the same stream, and the global random state is never touched.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from aurad_models.seeding import torch_generator
@@ -41,18 +43,14 @@ class PairedAugmentation:
     """A seeded stream of batched augmentations (see the module docstring)."""
 
     def __init__(self, config: AugmentationConfig, seed: int):
-        from monai.networks.layers import AffineTransform
-
         self.config = config
         self.generator = torch_generator(seed)
-        self._image_warp = AffineTransform(normalized=True, mode="bilinear", padding_mode="border", align_corners=False)
-        self._mask_warp = AffineTransform(normalized=True, mode="nearest", padding_mode="zeros", align_corners=False)
 
     def _uniform(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator) * 2 - 1
 
     def _theta(self, n: int) -> torch.Tensor:
-        """(n, 2, 3) affines in normalised coordinates; the identity for samples left as they are."""
+        """(n, 2, 3) affines in normalised (row, column) coordinates; the identity for samples left as they are."""
         c = self.config
         angle = self._uniform(n) * math.radians(c.rotate_degrees)
         zoom = 1 + self._uniform(n) * c.scale
@@ -69,10 +67,11 @@ class PairedAugmentation:
         if masks is not None and (masks.ndim != 4 or masks.shape[0] != images.shape[0] or masks.shape[2:] != images.shape[2:]):
             raise ValueError(f"masks must be (B, C, H, W) matching images {tuple(images.shape)}, got {tuple(masks.shape)}")
         n, c = images.shape[0], self.config
-        theta = self._theta(n)
-        images = self._image_warp(images.float(), theta)
+        theta = self._theta(n)[:, [1, 0]][:, :, [1, 0, 2]]  # (row, column) to grid_sample's (x, y) order
+        grid = F.affine_grid(theta, [n, 1, *images.shape[2:]], align_corners=False)
+        images = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
         if masks is not None:
-            masks = self._mask_warp(masks.float(), theta)
+            masks = F.grid_sample(masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
         low, high = math.log(c.gamma[0]), math.log(c.gamma[1])
         gamma = torch.exp(low + torch.rand(n, generator=self.generator) * (high - low))
         gamma = torch.where(torch.rand(n, generator=self.generator) < c.contrast_prob, gamma, torch.ones(n))

@@ -7,7 +7,7 @@
 
 The classifier learns from the manifest's findings (the report), the segmenter from the anatomy masks.
 Augmentation is `aurad_models.augmentation`: one random affine drawn per sample for the image and its
-masks together (MONAI's batched AffineTransform, bilinear for the image, nearest for masks), seeded from
+masks together (one batched sampling grid, bilinear for the image, nearest for masks), seeded from
 the config's seed.
 Randomness is explicit: batches come from a seeded numpy Generator, weight initialisation and training
 run inside `torch.random.fork_rng` seeded from the config, so the global RNG is left as it was.

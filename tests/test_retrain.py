@@ -72,6 +72,48 @@ def test_augmentation_moves_image_and_masks_together_and_is_seeded():
         PairedAugmentation(config, seed=5)(probe, masks[:2])
 
 
+def test_augmentation_grid_is_monais_affine_transform_pixel_for_pixel():
+    """One grid shared by image and masks must sample exactly what MONAI's AffineTransform (row, column
+    affines, reverse indexing) samples for each of them."""
+    from monai.networks.layers import AffineTransform
+
+    from aurad_models.augmentation import AugmentationConfig, PairedAugmentation
+
+    data = labelled(range(4), [(Finding(label="nodule", side="left", zone="upper"), Finding(label="cardiomegaly"))] * 4)
+    images, masks = torch.from_numpy(data.images)[:, None], torch.from_numpy(data.masks.astype(np.float32))
+    config = AugmentationConfig(affine_prob=1.0, rotate_degrees=8, scale=0.08, translate_fraction=0.05, noise_prob=0.0,
+                                contrast_prob=0.0)
+    ours_images, ours_masks = PairedAugmentation(config, seed=9)(images, masks)
+    theta = PairedAugmentation(config, seed=9)._theta(len(images))
+    image_warp = AffineTransform(normalized=True, mode="bilinear", padding_mode="border", align_corners=False)
+    mask_warp = AffineTransform(normalized=True, mode="nearest", padding_mode="zeros", align_corners=False)
+    assert torch.equal(ours_masks, mask_warp(masks, theta))
+    assert torch.equal(ours_images, image_warp(images, theta).clamp(0, 1))
+    assert not torch.equal(ours_masks, masks)
+
+
+@pytest.mark.parametrize("batch_dice", [True, False])
+def test_the_fused_segmentation_loss_matches_monai_dice_plus_torch_bce_in_value_and_gradient(batch_dice):
+    from monai.losses import DiceLoss
+
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.randn(4, len(PATHOLOGIES), 16, 16, generator=generator) * 6).double()
+    logits[0, 0, :2] = torch.tensor([-120.0, 120.0]).double()[:, None]  # saturated pixels stay finite
+    target = (torch.rand(logits.shape, generator=generator) > 0.9).double()
+    target[:, 3] = 0  # a class absent from the batch
+    dice = DiceLoss(sigmoid=True, batch=batch_dice, smooth_nr=1e-5, smooth_dr=1e-5)
+    reference_input = logits.clone().requires_grad_()
+    reference = dice(reference_input, target) + torch.nn.functional.binary_cross_entropy_with_logits(reference_input, target)
+    reference.backward()
+    fused_input = logits.clone().requires_grad_()
+    fused = retrain.multilabel_segmentation_loss(batch_dice)(fused_input, target)
+    fused.backward()
+    assert torch.isfinite(fused) and abs(fused.item() - reference.item()) < 1e-10
+    torch.testing.assert_close(fused_input.grad, reference_input.grad, rtol=1e-8, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda x: retrain.multilabel_segmentation_loss(batch_dice)(x, target[:1, :2, :4, :4]),
+                                    logits[:1, :2, :4, :4].clone().div(6).requires_grad_())
+
+
 def test_seeded_init_is_reproducible_and_leaves_the_global_rng_alone():
     config = retrain.SegmentationConfig()
     state = torch.random.get_rng_state()
