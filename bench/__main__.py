@@ -7,7 +7,7 @@ import importlib
 import time
 
 QUICK = ("phantom", "storage", "sampling", "filtering")
-ALL = QUICK + ("orchestration", "demo", "samplers", "quality", "grounding", "priors", "locations", "reports", "visibility", "realism", "drr_anatomy")
+ALL = QUICK + ("orchestration", "demo", "samplers", "quality", "grounding", "priors", "locations", "reports", "visibility", "realism", "drr_anatomy", "experts")
 
 
 def main() -> None:

@@ -108,3 +108,25 @@ def test_drr_framing_puts_the_lung_field_on_the_phantoms_box_and_windows_to_unit
     framed, masks = frame(image, {"Left Lung": lungs}, lungs, target, 64)
     assert framed.shape == (64, 64) and framed.min() >= 0.0 and framed.max() <= 1.0
     assert np.allclose(box_of(masks["Left Lung"]), target, atol=1.5 / 64)
+
+
+def test_experts_bench_interval_brackets_the_auroc_and_narrows_with_more_positives(tmp_path):
+    import pytest
+
+    from aurad_models.experts.metrics import auroc
+    from bench import experts
+
+    rng = np.random.default_rng(0)
+
+    def width(n: int) -> tuple[float, float, float]:
+        labels = np.arange(n) < n // 10
+        scores = rng.normal(size=n) + 1.0 * labels
+        low, high = experts.auroc_interval(scores, labels, draws=400)
+        return low, auroc(scores, labels), high
+
+    small, large = width(90), width(2000)
+    assert small[0] < small[1] < small[2] and large[0] < large[1] < large[2]
+    assert large[2] - large[0] < 0.5 * (small[2] - small[0])
+    assert experts.auroc_interval(np.arange(20.0), np.arange(20) >= 10, draws=50) == (1.0, 1.0)
+    with pytest.raises(SystemExit):
+        experts.main(["--root", str(tmp_path / "empty"), "--out", str(tmp_path / "e.json")])
