@@ -13,6 +13,7 @@ per-pixel probability for the finding. And the anatomy segmenter's mean Dice per
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def auroc_interval(scores: np.ndarray, labels: np.ndarray, draws: int, seed: int
 
     rng = np.random.default_rng(seed)
     values = [auroc(scores[pick], labels[pick]) for pick in (rng.integers(0, len(labels), len(labels)) for _ in range(draws))]
-    values = [v for v in values if v == v]
+    values = [v for v in values if not math.isnan(v)]
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
@@ -66,17 +67,19 @@ def expert_rows(root: Path, draws: int) -> tuple[list[dict[str, Any]], dict[str,
     for split in SPLITS:
         data = load_expert_data(source, split)
         scores = {"classifier": classifier.predict(data.images, calibrated=False), "lesion": lesion_presence(lesion, data.images)}
+        split_rows = []
         for j, label in enumerate(PATHOLOGIES):
             known = data.known[:, j]
             y = data.labels[known, j]
             row: dict[str, Any] = {"split": split, "finding": label, "n": int(known.sum()), "positives": int(y.sum())}
             for name, s in scores.items():
                 row[name] = auroc(s[known, j], y)
-                row[f"{name}_low"], row[f"{name}_high"] = auroc_interval(s[known, j], y, draws) if row[name] == row[name] else (None, None)
-            rows.append(row)
+                row[f"{name}_low"], row[f"{name}_high"] = auroc_interval(s[known, j], y, draws) if not math.isnan(row[name]) else (None, None)
+            split_rows.append(row)
+        rows += split_rows
         summary[split] = {
-            "classifier_auroc_mean": float(np.nanmean([r["classifier"] for r in rows if r["split"] == split])),
-            "lesion_auroc_mean": float(np.nanmean([r["lesion"] for r in rows if r["split"] == split])),
+            "classifier_auroc_mean": float(np.nanmean([r["classifier"] for r in split_rows])),
+            "lesion_auroc_mean": float(np.nanmean([r["lesion"] for r in split_rows])),
             "anatomy_dice_mean": evaluate_anatomy_segmenter(anatomy, data)["dice_mean"],
             "n": len(data),
         }
