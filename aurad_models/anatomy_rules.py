@@ -62,6 +62,7 @@ def zone_mask(anatomy: np.ndarray, side: str | None, zone: str) -> np.ndarray:
 
 
 REGION_NAMES = {"lung": "lung field", "lower lung": "lower lung field", "heart": "heart"}
+LOWER_LUNG_FROM = 0.5  # the "lower lung" region: rows from this fraction of each lung's height down to its base
 
 
 def allowed_region(label: str, anatomy: np.ndarray, side: str | None = None) -> np.ndarray:
@@ -78,7 +79,7 @@ def allowed_region(label: str, anatomy: np.ndarray, side: str | None = None) -> 
         out = np.zeros(anatomy.shape[1:], dtype=bool)
         for s in sides:
             lung = lung_mask(anatomy, s)
-            out |= lung & (_row_fraction(lung) >= 0.5)[:, None]
+            out |= lung & (_row_fraction(lung) >= LOWER_LUNG_FROM)[:, None]
         return out
     return anatomy[_HEART]
 

@@ -184,3 +184,12 @@ def test_the_evaluation_document_and_report_section_hold_every_datasets_rows():
     section = grounding.location_section(document)
     assert section.count("<tr>") == 1 + len(document["rows"]) and "effusion" in section
     assert "skipped: no files" in grounding.location_section({"skipped": "no files"})
+
+
+def test_energy_floor_is_zero_without_bounds_and_below_any_sample_inside_them(real):
+    units = real.of("effusion", "nih")
+    assert grounding.energy_floor(units, {}, candidates=500, iterations=500) < 0.1
+    bounds = {"y": (0.75, float("inf"))}
+    inside = units.assign(y=units["y"].clip(lower=0.75))  # one distribution inside the bounds
+    floor = grounding.energy_floor(units, bounds, candidates=500, iterations=500)
+    assert 0.2 < floor <= grounding.location_distance(units, inside)["distance"]

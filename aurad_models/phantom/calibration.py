@@ -163,7 +163,9 @@ CALIBRATED = PhantomCalibration(
     effusion_level=_sizes((0.47, 0.5), (0.47, 0.5), (0.47, 0.5)),
     effusion_rise=(0.45, 0.49),  # medially the fluid's top falls below the dome: no fluid there
     effusion_wall="lung edge",
-    effusion_reach={"small": 0.15, "moderate": 0.4, "large": 0.9},
+    # 2026-12-07: a thinner rim and wider wedges spread the box areas as the NIH ones spread (0.618 -> 0.602 on 300
+    # phantoms at 128 px); no table can go much further under the lower-lung rule (bench.locations, its floor).
+    effusion_reach={"small": 0.1, "moderate": 0.5, "large": 1.0},
     effusion_meniscus_power=2.0,
     pneumothorax_depth=_sizes((0.012, 0.02), (0.025, 0.035), (0.04, 0.06)),
     pneumothorax_taper={"small": 2.6, "moderate": 2.0, "large": 1.2},  # apical: SIIM boxes centre at y 0.18
