@@ -55,7 +55,7 @@ from aurad_models.diffusion import (
 )
 from aurad_models.findings import Finding
 from aurad_models.generators import register_generator
-from aurad_models.prompt_encoder import EncodedPrompt, Prompt, PromptEncoder, prior_maps
+from aurad_models.prompt_encoder import EncodedPrompt, Prompt, PromptEncoder, requested_regions
 from aurad_models.seeding import torch_generator
 from aurad_models.serialization import read_index, require_file, write_index
 from aurad_models.vocabulary import ANATOMY_STRUCTURES, PATHOLOGIES, pathology_index
@@ -127,7 +127,7 @@ class MaskSamplingConfig(SamplingSettings):
         "out of few sampling steps with lower values than large ones)")
     restrict_to_prompt: bool = Field(True, description="post-processing: empty the classes the prompt does not ask for")
     restrict_to_region: bool = Field(True, description="post-processing: clip each class to the region its prompt "
-                                     "requests (prompt_encoder.finding_region); bench/quality.py measures masks without both")
+                                     "requests may lie in (prompt_encoder.requested_regions); bench/quality.py measures masks without both")
 
 
 @dataclass
@@ -309,7 +309,7 @@ class MaskGenerator(nn.Module):
                     removed[i, c] += int(masks[i, c].sum())
                     masks[i, c] = 0
             if sampling.restrict_to_region:
-                region = prior_maps(prompt, anatomy_np[i]) > 0
+                region = requested_regions(prompt, anatomy_np[i])
                 for c in requested:
                     removed[i, c] += int((masks[i, c] & ~region[c]).sum())
                     masks[i, c] &= region[c]

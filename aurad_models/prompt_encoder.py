@@ -4,7 +4,7 @@ Two complementary encodings of a prompt (a tuple of `Finding`s):
 
 * **Spatial prior maps** (no weights): per pathology class one channel marking where the finding is
   requested, derived from the anatomy with `anatomy_rules` (the zone of the side for lung lesions, the lower
-  lung for an effusion, the lung for a pneumothorax, the heart for cardiomegaly) and valued by size
+  lung for an effusion (its hint region), the lung for a pneumothorax, the heart for cardiomegaly) and valued by size
   (small 1/3, moderate 2/3, large 1, unspecified 1/2). An unspecified side or zone gives the union over the
   possibilities. These go into the UNet by channel concatenation: the model does not have to learn
   anatomy-aware placement from a vector, which is what makes a small CPU-trained model place findings in
@@ -91,11 +91,21 @@ def prompt_token_ids(prompt: Prompt | None) -> list[int]:
     return [_TOKEN_INDEX[t] for finding in prompt for t in finding_tokens(finding)]
 
 
-def finding_region(finding: Finding, anatomy: np.ndarray) -> np.ndarray:
-    """Where a finding is requested (bool H x W): its allowed region narrowed by side and zone."""
+def finding_region(finding: Finding, anatomy: np.ndarray, hint: bool = False) -> np.ndarray:
+    """Where a finding may lie as requested (bool H x W): its allowed region narrowed by side and zone; with
+    `hint`, where the prior map marks it (`anatomy_rules.hint_region` for an unzoned request)."""
     if finding.label in ZONED_FINDINGS and finding.zone is not None:
         return anatomy_rules.zone_mask(anatomy, finding.side, finding.zone)
-    return anatomy_rules.allowed_region(finding.label, anatomy, finding.side)
+    region = anatomy_rules.hint_region if hint else anatomy_rules.allowed_region
+    return region(finding.label, anatomy, finding.side)
+
+
+def requested_regions(prompt: Prompt, anatomy: np.ndarray) -> np.ndarray:
+    """Per class (7, H, W) bool, where the prompt's findings of that class may lie."""
+    regions = np.zeros((len(PATHOLOGIES), *anatomy.shape[1:]), dtype=bool)
+    for finding in prompt:
+        regions[pathology_index(finding.label)] |= finding_region(finding, anatomy)
+    return regions
 
 
 def prior_maps(prompt: Prompt | None, anatomy: np.ndarray) -> np.ndarray:
@@ -103,7 +113,7 @@ def prior_maps(prompt: Prompt | None, anatomy: np.ndarray) -> np.ndarray:
     maps = np.zeros((len(PATHOLOGIES), *anatomy.shape[1:]), dtype=np.float32)
     for finding in prompt or ():
         channel = maps[pathology_index(finding.label)]
-        region = finding_region(finding, anatomy)
+        region = finding_region(finding, anatomy, hint=True)
         np.maximum(channel, np.where(region, SIZE_VALUES[finding.size], 0.0).astype(np.float32), out=channel)
     return maps
 

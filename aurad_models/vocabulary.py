@@ -27,7 +27,7 @@ ANATOMY_STRUCTURES: tuple[str, ...] = (
     "Spine",
 )
 
-Region = Literal["lung", "lower lung", "heart"]
+Region = Literal["lung", "lung below apex", "lower lung", "heart"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,10 @@ class Pathology:
     record here (and the phantom's drawing of it, `aurad_models.phantom.pathology.DRAWERS`).
 
     lateral / zoned: it carries a side / a lung zone. region: where its mask may lie (`anatomy_rules`): the
-    lung field, the lower half of it (fluid layers at the base of an upright film), or the heart.
+    lung field, the lung field below its apex (pleural fluid layers at the base of an upright film and climbs
+    the chest wall; NIH effusion boxes often reach above the lung's middle), or the heart. hint_region: where
+    the mask generator's prior map marks an unzoned request (None: region); effusion's is the lower half,
+    where its fluid mostly lies and what the shipped mask generator learnt.
     anatomy_bound: the finding is a property of the anatomy itself (cardiomegaly is an enlarged heart), so a
     build pairs its prompts with anatomy that shows it. synonyms: the words the prompt grammar accepts.
     """
@@ -49,6 +52,7 @@ class Pathology:
     colour: tuple[int, int, int]  # RGB of its overlay in contact sheets, apart from the others on grey
     xrv_name: str  # torchxrayvision's name for it (`default_pathologies`)
     anatomy_bound: bool = False
+    hint_region: Region | None = None
 
 
 PATHOLOGY_RECORDS: tuple[Pathology, ...] = (
@@ -57,9 +61,9 @@ PATHOLOGY_RECORDS: tuple[Pathology, ...] = (
     Pathology("consolidation", "lung", True, True,
               ("airspace opacities", "airspace opacity", "airspace disease", "consolidations", "consolidation"),
               (0, 200, 255), "Consolidation"),
-    Pathology("effusion", "lower lung", True, False,
+    Pathology("effusion", "lung below apex", True, False,
               ("pleural effusions", "pleural effusion", "pleural fluid", "effusions", "effusion", "hydrothorax"),
-              (40, 110, 255), "Effusion"),
+              (40, 110, 255), "Effusion", hint_region="lower lung"),
     Pathology("pneumothorax", "lung", True, False, ("pneumothoraces", "pneumothorax"), (255, 40, 200), "Pneumothorax"),
     Pathology("cardiomegaly", "heart", False, False,
               ("enlarged cardiac silhouette", "cardiac enlargement", "enlarged heart", "cardiomegaly"),

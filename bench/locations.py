@@ -45,18 +45,18 @@ def shipped_mask_generator() -> Path | None:
     return found[0].parent if found else None
 
 
-def effusion_floor(real: Any) -> dict[str, float]:
-    """The least distance to the NIH effusion boxes that any boxes inside the lower-lung rule can reach: from
-    the region's top (`LOWER_LUNG_FROM` of the lung's height) to the base, a box centres at y >= (1 + top) / 2,
-    and it covers at most the lower part of one lung of the typical field."""
-    from aurad_models.anatomy_rules import LOWER_LUNG_FROM
+def effusion_floor(real: Any, region: str) -> dict[str, float]:
+    """The least distance to the NIH effusion boxes that any boxes inside a lower-lung region can reach: from the
+    region's top (`anatomy_rules.REGION_FROM`, a fraction of the lung's height) to the base, a box centres at
+    y >= (1 + top) / 2 and covers at most that part of one lung of the typical field."""
+    from aurad_models.anatomy_rules import REGION_FROM
     from tasks import grounding
 
-    field = real.lung_field
-    largest = max((b[2] - b[0]) * (b[3] - b[1]) for b in (field.right, field.left)) * (1 - LOWER_LUNG_FROM) / field.box_area
-    bounds = {"y": ((1 + LOWER_LUNG_FROM) / 2, math.inf), "log_area": (-math.inf, math.log(largest))}
-    return {"distance": grounding.energy_floor(real.of("effusion", "nih"), bounds), "y_min": bounds["y"][0],
-            "largest_area_share": largest}
+    top, field = REGION_FROM[region], real.lung_field
+    largest = max((b[2] - b[0]) * (b[3] - b[1]) for b in (field.right, field.left)) * (1 - top) / field.box_area
+    bounds = {"y": ((1 + top) / 2, math.inf), "log_area": (-math.inf, math.log(largest))}
+    return {"region": region, "distance": grounding.energy_floor(real.of("effusion", "nih"), bounds),
+            "y_min": bounds["y"][0], "largest_area_share": largest}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours["mask-generator"] = grounding.mask_generator_units(generator_dir, args.generator_per_finding, sampling=sampling)
         seconds["mask-generator"] = time.perf_counter() - tick
     distances = {name: grounding.location_distances(real, stats, bootstrap=args.bootstrap) for name, stats in ours.items()}
-    floor = effusion_floor(real)
+    from aurad_models.vocabulary import PATHOLOGY
+
+    floors = [effusion_floor(real, region) for region in ("lower lung", PATHOLOGY["effusion"].region)]
 
     # 1. One distance per finding, before and after the calibration.
     before, after = distances["phantom"].set_index("finding"), distances["calibrated"].set_index("finding")
@@ -150,16 +152,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table += ["", "## Reading it", "",
               f"- Calibrated within half of the default's distance: {', '.join(met) or 'none'}; not: "
               f"{', '.join(r['finding'] for r in rows if r['meets'] != 'yes') or 'none'}.",
-              "- Effusion is bounded by the anatomy rule: its region is the lower half of each lung "
-              f"(`anatomy_rules.allowed_region`), so a box that reaches the base centres at y >= {floor['y_min']:.2f} and "
-              f"covers at most {floor['largest_area_share']:.3f} of the lung field's box. No boxes inside those bounds come "
-              f"closer to the NIH ones than {floor['distance']:.3f} (`grounding.energy_floor`), "
-              f"{floor['distance'] / before.loc['effusion', 'distance']:.2f}x the default: the 0.5x target leaves no room "
-              "for a drawing that is not nearly the best possible. The calibrated fluid climbs the lateral wall to that limit "
-              "(`effusion_wall`, `effusion_reach`, `effusion_meniscus_power`: lateral menisci, rims to wedges); the NIH boxes "
-              f"centre at y {before.loc['effusion', 'real_y']:.2f} at the median, many of them reaching above the lung's "
-              "middle. Relaxing the rule changes the mask generator's conditioning "
-              "(`prompt_encoder.prior_maps` reads it), so the shipped one would have to be retrained.",
+              "- Effusion: the anatomy rule bounds where a box can centre (`anatomy_rules.allowed_region`). Inside the "
+              f"lower half of each lung, the rule until 2026-12-07, a box that reaches the base centres at y >= "
+              f"{floors[0]['y_min']:.2f}, and no boxes come closer to the NIH ones than {floors[0]['distance']:.3f} "
+              f"(`grounding.energy_floor`), {floors[0]['distance'] / before.loc['effusion', 'distance']:.2f}x the default; "
+              f"the NIH boxes centre at y {before.loc['effusion', 'real_y']:.2f} at the median, many of them reaching above "
+              f"the lung's middle. The region is now the {floors[1]['region']!r} (y >= {floors[1]['y_min']:.2f}; floor "
+              f"{floors[1]['distance']:.3f}); the lower half stays the mask generator's hint (`hint_region`), as the "
+              "shipped one learnt it. The calibrated fluid climbs the lateral wall high and falls steeply towards the "
+              "midline (`effusion_level`, `effusion_wall`, `effusion_reach`, `effusion_meniscus_power`).",
               "- Cardiomegaly: the calibration varies the enlarged heart's share right of the midline, its top and the domes "
               "under it (`cardiomegaly_right_fraction`, `cardiomegaly_top_rise`, `cardiomegaly_dome_drop`); what is left is the "
               "NIH boxes' spread in y (about 3x the phantom's, much of it the per-image framing a typical lung field cannot "
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\n".join(table))
     results = {"per_finding": args.per_finding, "size": args.size, "phantom_version": PHANTOM_VERSION,
                "generator": str(generator_dir.parent.name) if generator_dir else None, "bootstrap": args.bootstrap,
-               "rows": rows, "effusion_floor": floor, "distances": {k: _records(v) for k, v in distances.items()}, "summary": summary,
+               "rows": rows, "effusion_floors": floors, "distances": {k: _records(v) for k, v in distances.items()}, "summary": summary,
                "shapes": _records(shapes), "vindr": vindr, "seconds": seconds, "machine": machine()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")

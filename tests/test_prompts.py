@@ -206,3 +206,18 @@ def toy_anatomy():
     from toy_cxr import toy_batch
 
     return toy_batch(1, size=48)[1]
+
+
+def test_an_effusion_may_lie_above_the_lower_half_its_prior_map_marks(toy_anatomy):
+    """The hard rule (filter, quality suite, clipping) is the lung below its apex; the prior map, the mask
+    generator's conditioning, stays the lower half the shipped model learnt."""
+    from aurad_models.anatomy_rules import allowed_region, hint_region
+    from aurad_models.prompt_encoder import requested_regions
+
+    anatomy = toy_anatomy[0].astype(bool)
+    allowed, hint = allowed_region("effusion", anatomy, "left"), hint_region("effusion", anatomy, "left")
+    assert hint.any() and not (hint & ~allowed).any() and (allowed & ~hint).sum() > 0.4 * hint.sum()
+    prompt = (F(label="effusion", side="left", size="large"),)
+    assert ((prior_maps(prompt, anatomy)[3] > 0) == hint).all()
+    assert (requested_regions(prompt, anatomy)[3] == allowed).all()
+    assert allowed_region("nodule", anatomy, "left").tolist() == hint_region("nodule", anatomy, "left").tolist()

@@ -1,7 +1,7 @@
 """Findings drawn on a phantom by anatomy-aware rules, each with its exact mask.
 
 Every mask is cut to the region `anatomy_rules.allowed_region` allows (a lung lesion to the lung field
-of its side, an effusion to the lower half of that lung field, cardiomegaly to the heart), and the
+of its side, an effusion to that lung field below its apex, cardiomegaly to the heart), and the
 opacity a finding adds is confined to its mask, so image and mask agree. A lesion is placed in its
 requested zone in patient coordinates, then checked on the pixel masks with `located_zone` /
 `located_side` and placed again if the check fails.
@@ -441,7 +441,7 @@ def _effusion(scene: _Scene, f: Finding, fields: LesionFields) -> np.ndarray:
         if len(sides) == 2 and not change:
             small, big = sorted(sides, key=counts.get)
             if counts[small] < 0.23 * (counts[small] + counts[big]):
-                # Raise the small side while it can rise within the lower half; else lower the big one.
+                # Raise the small side while its top lies in the lower half; else lower the big one.
                 change = {small: -0.03} if levels[small] > 0.5 else {big: 0.03}
         if not change:
             break
@@ -463,7 +463,7 @@ def _effusion_side(scene: _Scene, side: str, lateral_level: float, rise: float, 
     s = p.side(side)
     allowed = allowed_region("effusion", scene.stack, side)
     outer = p.x_mid + s.sgn * (s.width + 0.03)
-    box = grid.box(min(p.x_mid, outer), max(p.x_mid, outer), s.top + 0.4 * s.height, s.cp + 0.02)
+    box = grid.box(min(p.x_mid, outer), max(p.x_mid, outer), s.top + 0.1 * s.height, s.cp + 0.02)
     x, y = grid.at(box)
     at_lung_edge = scene.table("effusion_wall", "costophrenic angle") == "lung edge"
     wall = cage_half_width(s, y, 0.0) if at_lung_edge else s.width
