@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress_logging()
     from aurad_models.phantom.calibration import CALIBRATED
     from aurad_models.phantom.config import PHANTOM_VERSION
+    from aurad_models.vocabulary import PATHOLOGY
     from tasks import grounding
 
     began = time.perf_counter()
@@ -90,8 +91,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ours["mask-generator"] = grounding.mask_generator_units(generator_dir, args.generator_per_finding, sampling=sampling)
         seconds["mask-generator"] = time.perf_counter() - tick
     distances = {name: grounding.location_distances(real, stats, bootstrap=args.bootstrap) for name, stats in ours.items()}
-    from aurad_models.vocabulary import PATHOLOGY
-
     floors = [effusion_floor(real, region) for region in ("lower lung", PATHOLOGY["effusion"].region)]
 
     # 1. One distance per finding, before and after the calibration.

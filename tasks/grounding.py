@@ -445,7 +445,16 @@ def energy_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def feature_matrix(units: pd.DataFrame, features: Sequence[str] = FEATURES) -> np.ndarray:
-    return units[list(features)].to_numpy(np.float64)
+    """The units' features (n, d), rows with a missing feature left out."""
+    matrix = units[list(features)].to_numpy(np.float64)
+    return matrix[np.isfinite(matrix).all(axis=1)]
+
+
+def _real_scale(real: np.ndarray) -> np.ndarray:
+    """Per feature, the real sample's standard deviation: the unit every distance is measured in."""
+    scale = real.std(axis=0)
+    scale[scale == 0] = 1.0
+    return scale
 
 
 def location_distance(real: pd.DataFrame, ours: pd.DataFrame, features: Sequence[str] = FEATURES,
@@ -455,11 +464,9 @@ def location_distance(real: pd.DataFrame, ours: pd.DataFrame, features: Sequence
     `max_points` are subsampled (seeded)."""
     rng = np.random.default_rng(seed)
     a, b = feature_matrix(real, features), feature_matrix(ours, features)
-    a, b = a[np.isfinite(a).all(axis=1)], b[np.isfinite(b).all(axis=1)]
     if len(a) == 0 or len(b) == 0:
         return {"distance": float("nan"), "low": float("nan"), "high": float("nan")}
-    scale = a.std(axis=0)
-    scale[scale == 0] = 1.0
+    scale = _real_scale(a)
     a, b = a / scale, b / scale
     if len(a) > max_points:
         a = a[rng.choice(len(a), max_points, replace=False)]
@@ -498,9 +505,7 @@ def energy_floor(real: pd.DataFrame, bounds: Mapping[str, tuple[float, float]], 
     from scipy.spatial.distance import cdist, pdist
 
     a = feature_matrix(real, features)
-    a = a[np.isfinite(a).all(axis=1)]
-    scale = a.std(axis=0)
-    scale[scale == 0] = 1.0
+    scale = _real_scale(a)
     a = a / scale
     low = np.array([bounds.get(f, (-np.inf, np.inf))[0] for f in features]) / scale
     high = np.array([bounds.get(f, (-np.inf, np.inf))[1] for f in features]) / scale
