@@ -130,3 +130,20 @@ def test_experts_bench_interval_brackets_the_auroc_and_narrows_with_more_positiv
     assert experts.auroc_interval(np.arange(20.0), np.arange(20) >= 10, draws=50) == (1.0, 1.0)
     with pytest.raises(SystemExit):
         experts.main(["--root", str(tmp_path / "empty"), "--out", str(tmp_path / "e.json")])
+
+
+def test_realism_bench_maps_intensities_onto_the_reference_and_tops_up_fine_noise():
+    from bench.realism import fine_noise, quantile_mapped, with_fine_noise
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(rng.normal(0.5, 0.1, (4, 1, 1)) + np.linspace(0, 0.2, 32)[None, None, :] * np.ones((4, 32, 32)), 0, 1)
+    reference = np.clip(rng.normal(0.3, 0.15, (4, 32, 32)), 0, 1)
+    reference[:, :4] = 0.0  # air: exactly 0, as the phantom's
+    mapped = quantile_mapped(smooth.astype(np.float32), reference)
+    assert abs(mapped.mean() - reference.mean()) < 0.01 and abs((mapped == 0).mean() - (reference == 0).mean()) < 0.02
+    assert np.all(np.diff(mapped[0, 0]) >= 0)  # monotone: the order of intensities is kept
+    target = fine_noise(reference)
+    assert fine_noise(mapped) < 0.5 * target
+    noisy = with_fine_noise(mapped, target)
+    assert abs(fine_noise(noisy) - target) < 0.2 * target
+    assert np.all(noisy[mapped == 0] == 0)  # air stays air
