@@ -103,13 +103,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     real_train = stored_to_unit(np.asarray(dataset.images.oindex[train]))
     rows = [realism_row("real train images (oracle)", None, real, real_train, None)]
     seeds = list(range(1000, 1000 + len(train)))
-    first = None
+    rendered = []
     for scheduler, steps in args.grid:
         began = time.perf_counter()
-        images = generator.sample(anatomy, pathology, seeds, ImageSamplingConfig(scheduler=scheduler, num_inference_steps=steps)).images
-        rows.append(realism_row(scheduler, steps, real, images, time.perf_counter() - began))
-        first = images if first is None else first
-    (scheduler, steps), mapped = args.grid[0], quantile_mapped(first, real_train)
+        rendered.append(generator.sample(anatomy, pathology, seeds,
+                                         ImageSamplingConfig(scheduler=scheduler, num_inference_steps=steps)).images)
+        rows.append(realism_row(scheduler, steps, real, rendered[-1], time.perf_counter() - began))
+    (scheduler, steps), mapped = args.grid[0], quantile_mapped(rendered[0], real_train)
     rows.append(realism_row(f"{scheduler}, intensities mapped to real train", steps, real, mapped, None))
     rows.append(realism_row(f"{scheduler}, mapped + fine noise of real train", steps, real,
                             with_fine_noise(mapped, fine_noise(real_train)), None))
