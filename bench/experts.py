@@ -6,7 +6,8 @@ For each finding: the pathology classifier's AUROC on `val` (the split its regis
 voting gate, `filter.classifier.min_auroc`, reads) and on `test` (never used to choose anything), with the
 number of positives and a bootstrap 95% interval, so a figure resting on 8 positives reads as what it is;
 beside it the AUROC of the lesion segmenter (the fidelity expert) read as a classifier, its largest
-per-pixel probability for the finding. And the anatomy segmenter's mean Dice per split. Needs a root where
+per-pixel probability for the finding, and the mean of the two probabilities (an ensemble the filter does
+not use: is a second opinion worth having?). And the anatomy segmenter's mean Dice per split. Needs a root where
 `aurad demo` has built the phantom source. Writes bench/results/experts.json and experts.md.
 """
 
@@ -67,6 +68,7 @@ def expert_rows(root: Path, draws: int) -> tuple[list[dict[str, Any]], dict[str,
     for split in SPLITS:
         data = load_expert_data(source, split)
         scores = {"classifier": classifier.predict(data.images, calibrated=False), "lesion": lesion_presence(lesion, data.images)}
+        scores["mean_of_both"] = (scores["classifier"] + scores["lesion"]) / 2  # NaN where the segmenter has no channel
         split_rows = []
         for j, label in enumerate(PATHOLOGIES):
             known = data.known[:, j]
@@ -80,6 +82,7 @@ def expert_rows(root: Path, draws: int) -> tuple[list[dict[str, Any]], dict[str,
         summary[split] = {
             "classifier_auroc_mean": float(np.nanmean([r["classifier"] for r in split_rows])),
             "lesion_auroc_mean": float(np.nanmean([r["lesion"] for r in split_rows])),
+            "mean_of_both_auroc_mean": float(np.nanmean([r["mean_of_both"] for r in split_rows])),
             "anatomy_dice_mean": evaluate_anatomy_segmenter(anatomy, data)["dice_mean"],
             "n": len(data),
         }
@@ -99,9 +102,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows, summary = expert_rows(args.root, args.bootstrap)
     table = markdown_table(rows, {"split": "split", "finding": "finding", "n": "images", "positives": "positives",
                                   "classifier": "classifier AUROC", "classifier_low": "95% low", "classifier_high": "95% high",
-                                  "lesion": "lesion segmenter AUROC", "lesion_low": "95% low", "lesion_high": "95% high"})
+                                  "lesion": "lesion segmenter AUROC", "lesion_low": "95% low", "lesion_high": "95% high",
+                                  "mean_of_both": "mean of both AUROC"})
     table += ["", *(f"- {split} ({summary[split]['n']} images): classifier AUROC mean {summary[split]['classifier_auroc_mean']:.3f}, "
-                    f"lesion segmenter as a classifier {summary[split]['lesion_auroc_mean']:.3f}, anatomy segmenter Dice "
+                    f"lesion segmenter as a classifier {summary[split]['lesion_auroc_mean']:.3f}, the mean of both "
+                    f"{summary[split]['mean_of_both_auroc_mean']:.3f}, anatomy segmenter Dice "
                     f"{summary[split]['anatomy_dice_mean']:.3f}" for split in SPLITS),
               f"- models: {', '.join(f'{kind} {model}' for kind, model in summary['models'].items())}; source {args.root}/phantom"]
     results = {"rows": rows, **summary, "bootstrap": args.bootstrap, "seconds": round(time.perf_counter() - began, 1)}
