@@ -80,9 +80,7 @@ def expert_rows(root: Path, draws: int) -> tuple[list[dict[str, Any]], dict[str,
             split_rows.append(row)
         rows += split_rows
         summary[split] = {
-            "classifier_auroc_mean": float(np.nanmean([r["classifier"] for r in split_rows])),
-            "lesion_auroc_mean": float(np.nanmean([r["lesion"] for r in split_rows])),
-            "mean_of_both_auroc_mean": float(np.nanmean([r["mean_of_both"] for r in split_rows])),
+            **{f"{name}_auroc_mean": float(np.nanmean([r[name] for r in split_rows])) for name in scores},
             "anatomy_dice_mean": evaluate_anatomy_segmenter(anatomy, data)["dice_mean"],
             "n": len(data),
         }
